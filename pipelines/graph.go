@@ -1,0 +1,80 @@
+// Package pipelines builds iotpipe's transform graph, shared unchanged by the
+// streaming job (pipelines/streaming) and the batch backfill (pipelines/backfill).
+package pipelines
+
+import (
+	"fmt"
+	"time"
+
+	"github.com/apache/beam/sdks/v2/go/pkg/beam"
+	"github.com/apache/beam/sdks/v2/go/pkg/beam/register"
+
+	"github.com/iotpipe/iotpipe/schemas"
+	"github.com/iotpipe/iotpipe/transforms/bigtablesink"
+	"github.com/iotpipe/iotpipe/transforms/parse"
+	"github.com/iotpipe/iotpipe/transforms/pubsubsource"
+)
+
+func init() {
+	register.Function1x1(schemas.TelemetryRow)
+	register.Function1x1(schemas.DeadLetterRow)
+}
+
+// SinkConfig says where the graph writes.
+type SinkConfig struct {
+	BigtableProject  string
+	BigtableInstance string
+	// BigtableWriteTimeout bounds one bundle's Bigtable write, retries included.
+	BigtableWriteTimeout time.Duration
+}
+
+// Validate reports the first missing or malformed setting.
+func (c SinkConfig) Validate() error {
+	if c.BigtableProject == "" {
+		return fmt.Errorf("bigtable project is empty: set --bigtable_project")
+	}
+	if c.BigtableInstance == "" {
+		return fmt.Errorf("bigtable instance is empty: set --bigtable_instance")
+	}
+	return nil
+}
+
+// Graph applies the shared transforms to raw messages (a PCollection of
+// pubsubsource.Message): parse, then write readings and dead letters.
+func Graph(s beam.Scope, cfg SinkConfig, msgs beam.PCollection) {
+	events, dead := parse.Parse(s, msgs)
+	bigtablesink.Write(s.Scope("Telemetry"), bigtablesink.Config{
+		Project: cfg.BigtableProject, Instance: cfg.BigtableInstance,
+		Table: schemas.TelemetryTable, WriteTimeout: cfg.BigtableWriteTimeout,
+	}, beam.ParDo(s, schemas.TelemetryRow, events))
+	bigtablesink.Write(s.Scope("DeadLetters"), bigtablesink.Config{
+		Project: cfg.BigtableProject, Instance: cfg.BigtableInstance,
+		Table: schemas.DeadLetterTable, WriteTimeout: cfg.BigtableWriteTimeout,
+	}, beam.ParDo(s, schemas.DeadLetterRow, dead))
+}
+
+// StreamingConfig is the streaming job's configuration.
+type StreamingConfig struct {
+	// Subscription is projects/{project}/subscriptions/{id}.
+	Subscription string
+	Sinks        SinkConfig
+}
+
+// Validate reports the first missing or malformed setting.
+func (c StreamingConfig) Validate() error {
+	if _, err := pubsubsource.ValidateSubscription(c.Subscription); err != nil {
+		return fmt.Errorf("--input_subscription: %w", err)
+	}
+	return c.Sinks.Validate()
+}
+
+// Streaming builds the streaming job: the subscription through Graph.
+func Streaming(cfg StreamingConfig) (*beam.Pipeline, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	p, s := beam.NewPipelineWithRoot()
+	msgs := pubsubsource.Read(s, pubsubsource.Config{Subscription: cfg.Subscription})
+	Graph(s, cfg.Sinks, msgs)
+	return p, nil
+}

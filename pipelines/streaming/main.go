@@ -1,0 +1,59 @@
+// Command streaming runs iotpipe's streaming job: Pub/Sub telemetry in,
+// parsed readings and dead letters out to Bigtable.
+//
+//	go run ./pipelines/streaming --input_subscription=projects/p/subscriptions/telemetry \
+//	    --bigtable_project=p --bigtable_instance=iotpipe
+//
+// Locally it runs on prism (the default; --runner=direct also runs on prism)
+// and honours PUBSUB_EMULATOR_HOST and BIGTABLE_EMULATOR_HOST.
+package main
+
+import (
+	"context"
+	"flag"
+	"fmt"
+	"log/slog"
+	"os"
+	"os/signal"
+	"syscall"
+	"time"
+
+	"github.com/apache/beam/sdks/v2/go/pkg/beam"
+	"github.com/apache/beam/sdks/v2/go/pkg/beam/runners"
+
+	"github.com/iotpipe/iotpipe/pipelines"
+)
+
+func main() {
+	var cfg pipelines.StreamingConfig
+	flag.StringVar(&cfg.Subscription, "input_subscription", "", "Pub/Sub subscription to read, projects/{project}/subscriptions/{id}")
+	flag.StringVar(&cfg.Sinks.BigtableProject, "bigtable_project", "", "Bigtable project")
+	flag.StringVar(&cfg.Sinks.BigtableInstance, "bigtable_instance", "", "Bigtable instance")
+	flag.DurationVar(&cfg.Sinks.BigtableWriteTimeout, "bigtable_write_timeout", 30*time.Second, "bound on one bundle's Bigtable write, retries included")
+	drain := flag.Duration("drain_timeout", 30*time.Second, "bound on the drain at shutdown")
+	flag.Parse()
+	beam.Init()
+
+	logger := slog.New(slog.NewTextHandler(os.Stderr, nil))
+	if err := run(cfg, *drain, logger); err != nil {
+		logger.Error("streaming job", "error", err)
+		os.Exit(1)
+	}
+}
+
+func run(cfg pipelines.StreamingConfig, drain time.Duration, logger *slog.Logger) error {
+	runner, err := pipelines.ResolveRunner(*runners.Runner, logger)
+	if err != nil {
+		return err
+	}
+	if err := cfg.Validate(); err != nil {
+		return err
+	}
+	if runner != "prism" {
+		return fmt.Errorf("--runner=%s: the streaming job runs on prism here; the Dataflow launch path is not built yet", runner)
+	}
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	sv := &pipelines.Supervisor{Config: cfg, Logger: logger, DrainTimeout: drain}
+	return sv.Run(ctx)
+}

@@ -1,0 +1,205 @@
+package pipelines_test
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"log/slog"
+	"path/filepath"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"cloud.google.com/go/bigtable"
+	"github.com/apache/beam/sdks/v2/go/pkg/beam/testing/ptest"
+
+	"github.com/iotpipe/iotpipe/pipelines"
+	"github.com/iotpipe/iotpipe/schemas"
+	"github.com/iotpipe/iotpipe/testing/emulators"
+	"github.com/iotpipe/iotpipe/testing/stack"
+)
+
+func TestMain(m *testing.M) { ptest.Main(m) }
+
+const project, instance = "p", "i"
+
+// startEmulators starts emulators on free ports with the local resources and
+// points this process's Google clients at them.
+func startEmulators(t *testing.T) *emulators.Emulators {
+	t.Helper()
+	emu, err := emulators.Start(emulators.Config{WarehousePath: filepath.Join(t.TempDir(), "w.duckdb")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { emu.Close() })
+	for k, v := range emu.Env() {
+		t.Setenv(k, v)
+	}
+	if err := emu.Provision(context.Background(), stack.Resources(project, instance)); err != nil {
+		t.Fatal(err)
+	}
+	return emu
+}
+
+func publish(t *testing.T, emu *emulators.Emulators, device, payload string) string {
+	t.Helper()
+	return emu.Pubsub.Publish(fmt.Sprintf("projects/%s/topics/%s", project, stack.EventsTopic), []byte(payload),
+		map[string]string{schemas.AttrDeviceID: device, schemas.AttrRegistryID: "r", schemas.AttrRegistryRegion: "l", schemas.AttrProjectID: project})
+}
+
+// waitRow polls Bigtable until the row exists; the deadline only bounds a failure.
+func waitRow(t *testing.T, tbl *bigtable.Table, key string, within time.Duration) bigtable.Row {
+	t.Helper()
+	deadline := time.Now().Add(within)
+	for {
+		row, err := tbl.ReadRow(context.Background(), key)
+		if err != nil {
+			t.Fatalf("reading row %q: %v", key, err)
+		}
+		if row != nil {
+			return row
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("row %q did not appear within %v", key, within)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+func cellValue(row bigtable.Row, family, column string) string {
+	for _, item := range row[family] {
+		if item.Column == family+":"+column {
+			return string(item.Value)
+		}
+	}
+	return ""
+}
+
+func TestStreamingWritesReadingsAndDeadLettersThenDrains(t *testing.T) {
+	emu := startEmulators(t)
+	sv := &pipelines.Supervisor{
+		Config: pipelines.StreamingConfig{
+			Subscription: fmt.Sprintf("projects/%s/subscriptions/%s", project, stack.EventsSubscription),
+			Sinks:        pipelines.SinkConfig{BigtableProject: project, BigtableInstance: instance},
+		},
+		Logger: slog.New(slog.NewTextHandler(io.Discard, nil)),
+		OnFailure: func(err error) {
+			t.Errorf("streaming job failed: %v", err)
+		},
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- sv.Run(ctx) }()
+
+	client, err := bigtable.NewClient(context.Background(), project, instance)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer client.Close()
+
+	publish(t, emu, "d1", `{"ts":1700000000000,"seq":1,"metrics":{"temperature":21.5,"humidity":40}}`)
+	badID := publish(t, emu, "d1", `{"ts":"yesterday"}`)
+
+	row := waitRow(t, client.Open(schemas.TelemetryTable), schemas.TelemetryKey("d1", 1700000000000, 1), 30*time.Second)
+	if got := cellValue(row, schemas.FamilyMetrics, "temperature"); got != "21.5" {
+		t.Errorf("temperature cell = %q, want 21.5", got)
+	}
+	if got := cellValue(row, schemas.FamilyMetrics, "humidity"); got != "40" {
+		t.Errorf("humidity cell = %q, want 40", got)
+	}
+	bad := emu.Pubsub.Message(badID)
+	dl := waitRow(t, client.Open(schemas.DeadLetterTable), schemas.DeadLetterKey("parse", bad.PublishTime.UnixMilli(), badID), 10*time.Second)
+	if got := cellValue(dl, schemas.FamilyDeadLetter, "payload"); got != `{"ts":"yesterday"}` {
+		t.Errorf("dead letter payload = %q", got)
+	}
+	if got := cellValue(dl, schemas.FamilyDeadLetter, "error"); got == "" {
+		t.Error("dead letter has no error message")
+	}
+
+	// A message published just before the drain is still processed and acked.
+	last := publish(t, emu, "d2", `{"ts":1700000000500,"seq":9,"metrics":{"t":1}}`)
+	waitAcked(t, emu, last, 10*time.Second)
+	cancel()
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatalf("drain: %v", err)
+		}
+	case <-time.After(60 * time.Second):
+		t.Fatal("streaming job did not drain within 60 s")
+	}
+	for _, m := range emu.Pubsub.Messages() {
+		if m.Acks == 0 {
+			t.Errorf("message %s (%s) was never acked", m.ID, m.Data)
+		}
+	}
+}
+
+func waitAcked(t *testing.T, emu *emulators.Emulators, id string, within time.Duration) {
+	t.Helper()
+	deadline := time.Now().Add(within)
+	for emu.Pubsub.Message(id).Acks == 0 {
+		if time.Now().After(deadline) {
+			t.Fatalf("message %s not acked within %v", id, within)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// A Bigtable outage longer than the write timeout fails the bundle; the
+// message is not acked, Pub/Sub redelivers it, and the restarted job writes it.
+func TestStreamingRedeliversWhenBigtableWritesFail(t *testing.T) {
+	emu := startEmulators(t)
+	var failures atomic.Int32
+	failed := make(chan struct{}, 1)
+	sv := &pipelines.Supervisor{
+		Config: pipelines.StreamingConfig{
+			Subscription: fmt.Sprintf("projects/%s/subscriptions/%s", project, stack.EventsSubscription),
+			Sinks:        pipelines.SinkConfig{BigtableProject: project, BigtableInstance: instance, BigtableWriteTimeout: time.Second},
+		},
+		Logger: slog.New(slog.NewTextHandler(io.Discard, nil)),
+		OnFailure: func(error) {
+			if failures.Add(1) == 1 {
+				failed <- struct{}{}
+			}
+		},
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- sv.Run(ctx) }()
+	defer func() {
+		cancel()
+		<-done
+	}()
+
+	client, err := bigtable.NewClient(context.Background(), project, instance)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer client.Close()
+	tbl := client.Open(schemas.TelemetryTable)
+
+	emu.FailBigtableWrites(-1)
+	id := publish(t, emu, "d1", `{"ts":1700000000000,"seq":42,"metrics":{"temperature":19}}`)
+	select {
+	case <-failed:
+	case <-time.After(60 * time.Second):
+		t.Fatal("the streaming job never failed although every Bigtable write did")
+	}
+	if emu.BigtableWriteFailures() == 0 {
+		t.Fatal("no Bigtable write was refused; the fault was not exercised")
+	}
+	if acks := emu.Pubsub.Message(id).Acks; acks != 0 {
+		t.Fatalf("message acked %d times although its write failed", acks)
+	}
+	emu.ClearBigtableFaults()
+
+	row := waitRow(t, tbl, schemas.TelemetryKey("d1", 1700000000000, 42), 60*time.Second)
+	if got := cellValue(row, schemas.FamilyMetrics, "temperature"); got != "19" {
+		t.Errorf("temperature = %q, want 19", got)
+	}
+	if d := emu.Pubsub.Message(id).Deliveries; d < 2 {
+		t.Errorf("message delivered %d times; want a redelivery after the failed write", d)
+	}
+	waitAcked(t, emu, id, 10*time.Second)
+}

@@ -1,0 +1,127 @@
+package schemas
+
+import (
+	"encoding/json"
+	"fmt"
+	"strconv"
+	"time"
+)
+
+// Bigtable table names.
+const (
+	TelemetryTable  = "telemetry"
+	DeadLetterTable = "deadletter"
+)
+
+// Column families.
+const (
+	// FamilyMetrics holds one cell per metric: qualifier = metric name,
+	// value = the number as shortest decimal text, cell time = event time.
+	FamilyMetrics = "m"
+	// FamilyEnvelope holds where the reading came from (registry, subfolder, message id, ...).
+	FamilyEnvelope = "e"
+	// FamilyDeadLetter holds a dead-lettered message and its error.
+	FamilyDeadLetter = "d"
+)
+
+// HotRetention is how long raw readings stay in Bigtable before garbage collection.
+const HotRetention = 7 * 24 * time.Hour
+
+// BigtableFamily is a column family and its garbage-collection policy.
+type BigtableFamily struct {
+	Name        string
+	MaxAge      time.Duration
+	MaxVersions int
+}
+
+// BigtableTable is one table of the layout.
+type BigtableTable struct {
+	Name     string
+	Families []BigtableFamily
+}
+
+// BigtableLayout is every table iotpipe writes, with its families. Local
+// provisioning and the Terraform tests read it; it is the single source.
+var BigtableLayout = []BigtableTable{
+	{Name: TelemetryTable, Families: []BigtableFamily{
+		{Name: FamilyMetrics, MaxAge: HotRetention, MaxVersions: 1},
+		{Name: FamilyEnvelope, MaxAge: HotRetention, MaxVersions: 1},
+	}},
+	{Name: DeadLetterTable, Families: []BigtableFamily{
+		{Name: FamilyDeadLetter, MaxAge: 30 * 24 * time.Hour, MaxVersions: 1},
+	}},
+}
+
+// Row is a Bigtable row as the sinks write it: a key and its cells. Every cell
+// carries an explicit timestamp derived from the data, so writing the same
+// row twice leaves the table unchanged.
+type Row struct {
+	Key   string
+	Cells []Cell
+}
+
+// Cell is one value of a Row.
+type Cell struct {
+	Family string
+	Column string
+	// Millis is the cell timestamp in Unix milliseconds (Bigtable's granularity).
+	Millis int64
+	Value  []byte
+}
+
+// TelemetryKey is the row key of a reading: device, then zero-padded event
+// time, then seq. Keys lead with the device id so writes from many devices
+// spread over the key space and one device's readings for a time range are
+// one contiguous scan (see bigtable.md).
+func TelemetryKey(device string, tsMillis, seq int64) string {
+	return fmt.Sprintf("%s#%013d#%d", device, tsMillis, seq)
+}
+
+// TelemetryPrefix is the key prefix of all readings of a device.
+func TelemetryPrefix(device string) string { return device + "#" }
+
+// TelemetryRow lays out one event as its Bigtable row.
+func TelemetryRow(e Event) Row {
+	names := e.MetricNames()
+	cells := make([]Cell, 0, len(names)+6)
+	for _, name := range names {
+		cells = append(cells, Cell{FamilyMetrics, name, e.TS, []byte(strconv.FormatFloat(e.Metrics[name], 'g', -1, 64))})
+	}
+	env := func(col, v string) {
+		if v != "" {
+			cells = append(cells, Cell{FamilyEnvelope, col, e.TS, []byte(v)})
+		}
+	}
+	env("registry", e.Registry)
+	env("location", e.Location)
+	env("subfolder", e.SubFolder)
+	env("message_id", e.MessageID)
+	env("publish_ms", strconv.FormatInt(e.PublishMillis, 10))
+	if e.Buffered {
+		env("buffered", "true")
+	}
+	return Row{Key: TelemetryKey(e.DeviceID, e.TS, e.Seq), Cells: cells}
+}
+
+// DeadLetterKey orders dead letters by stage and publish time; the message id
+// makes the key unique and a redelivered message land on the same row.
+func DeadLetterKey(stage string, publishMillis int64, messageID string) string {
+	return fmt.Sprintf("%s#%013d#%s", stage, publishMillis, messageID)
+}
+
+// DeadLetterRow lays out a dead letter as its Bigtable row.
+func DeadLetterRow(d DeadLetter) Row {
+	attrs, _ := json.Marshal(d.Attributes) // a map[string]string always marshals
+	ts := d.PublishMillis
+	cells := []Cell{
+		{FamilyDeadLetter, "payload", ts, d.PayloadBytes},
+		{FamilyDeadLetter, "attributes", ts, attrs},
+		{FamilyDeadLetter, "error", ts, []byte(d.ErrorMessage)},
+		{FamilyDeadLetter, "stage", ts, []byte(d.Stage)},
+		{FamilyDeadLetter, "dead_lettered_ms", ts, []byte(strconv.FormatInt(d.TimestampMillis, 10))},
+	}
+	if d.SchemaID != "" {
+		cells = append(cells, Cell{FamilyDeadLetter, "schema_id", ts, []byte(d.SchemaID)})
+	}
+	return Row{Key: DeadLetterKey(d.Stage, d.PublishMillis, d.MessageID), Cells: cells}
+}

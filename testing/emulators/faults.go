@@ -1,0 +1,97 @@
+package emulators
+
+import (
+	"context"
+	"sync"
+	"sync/atomic"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+)
+
+// bigtableWriteMethods are the data-plane RPCs that store cells.
+var bigtableWriteMethods = map[string]bool{
+	"/google.bigtable.v2.Bigtable/MutateRow":         true,
+	"/google.bigtable.v2.Bigtable/MutateRows":        true,
+	"/google.bigtable.v2.Bigtable/CheckAndMutateRow": true,
+}
+
+// writeFaults fails Bigtable write calls on demand, before they reach the store.
+type writeFaults struct {
+	mu        sync.Mutex
+	remaining int // >0: fail this many more calls; <0: fail until cleared
+
+	calls, failures atomic.Int64
+}
+
+// FailBigtableWrites makes the next n Bigtable write calls (MutateRow,
+// MutateRows, CheckAndMutateRow) fail with codes.Unavailable. n < 0 fails
+// them until ClearBigtableFaults; n == 0 clears.
+func (e *Emulators) FailBigtableWrites(n int) {
+	e.faults.mu.Lock()
+	e.faults.remaining = n
+	e.faults.mu.Unlock()
+}
+
+// ClearBigtableFaults lets Bigtable writes through again.
+func (e *Emulators) ClearBigtableFaults() { e.FailBigtableWrites(0) }
+
+// BigtableWriteFailures is how many write calls have been failed by injection.
+func (e *Emulators) BigtableWriteFailures() int64 { return e.faults.failures.Load() }
+
+// BigtableWriteCalls is how many write calls have arrived, failed or not.
+func (e *Emulators) BigtableWriteCalls() int64 { return e.faults.calls.Load() }
+
+func (f *writeFaults) admit(method string) error {
+	if !bigtableWriteMethods[method] {
+		return nil
+	}
+	f.calls.Add(1)
+	f.mu.Lock()
+	fail := f.remaining != 0
+	if f.remaining > 0 {
+		f.remaining--
+	}
+	f.mu.Unlock()
+	if !fail {
+		return nil
+	}
+	f.failures.Add(1)
+	return status.Errorf(codes.Unavailable, "emulators: injected fault on %s", method)
+}
+
+func (f *writeFaults) unary(ctx context.Context, req any, info *grpc.UnaryServerInfo, handler grpc.UnaryHandler) (any, error) {
+	if err := f.admit(info.FullMethod); err != nil {
+		return nil, err
+	}
+	return handler(ctx, req)
+}
+
+func (f *writeFaults) stream(srv any, ss grpc.ServerStream, info *grpc.StreamServerInfo, handler grpc.StreamHandler) error {
+	if err := f.admit(info.FullMethod); err != nil {
+		return err
+	}
+	return handler(srv, ss)
+}
+
+// bttest leaves RPCs it does not implement as nil interface methods, so calling
+// one panics, and a panic in a gRPC handler kills the whole process (every
+// emulator and the pipeline with it). Turn it into an error for the caller.
+func recoverUnary(ctx context.Context, req any, info *grpc.UnaryServerInfo, handler grpc.UnaryHandler) (_ any, err error) {
+	defer func() {
+		if r := recover(); r != nil {
+			err = status.Errorf(codes.Internal, "bigtable emulator: %s panicked: %v", info.FullMethod, r)
+		}
+	}()
+	return handler(ctx, req)
+}
+
+func recoverStream(srv any, ss grpc.ServerStream, info *grpc.StreamServerInfo, handler grpc.StreamHandler) (err error) {
+	defer func() {
+		if r := recover(); r != nil {
+			err = status.Errorf(codes.Internal, "bigtable emulator: %s panicked: %v", info.FullMethod, r)
+		}
+	}()
+	return handler(srv, ss)
+}

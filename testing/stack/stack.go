@@ -1,0 +1,213 @@
+// Package stack runs all of iotpipe on one machine: the emulators, the device
+// bridge and the streaming job, wired as in the cloud. The sandbox and the
+// end-to-end tests both run exactly this.
+package stack
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"time"
+
+	"github.com/iotpipe/iotpipe/ingress/mqttbridge"
+	"github.com/iotpipe/iotpipe/ingress/publisher"
+	"github.com/iotpipe/iotpipe/pipelines"
+	"github.com/iotpipe/iotpipe/schemas"
+	"github.com/iotpipe/iotpipe/testing/emulators"
+)
+
+// Config is the local deployment.
+type Config struct {
+	Emulators emulators.Config
+	// Project, Location and Registry are the IoT Core names devices use in
+	// their client ids: projects/{Project}/locations/{Location}/registries/{Registry}/devices/{id}.
+	Project  string
+	Location string
+	Registry string
+	// Instance is the Bigtable instance id.
+	Instance string
+	// MQTTAddr is where the bridge listens (default 127.0.0.1:1883).
+	MQTTAddr string
+	// BigtableWriteTimeout bounds one bundle's Bigtable write (default 30 s).
+	BigtableWriteTimeout time.Duration
+	// DrainTimeout bounds each shutdown step that waits for data (default 30 s).
+	DrainTimeout time.Duration
+	// OnPipelineFailure, if set, sees each failed run of the streaming job
+	// before the supervisor restarts it.
+	OnPipelineFailure func(error)
+}
+
+// DefaultConfig is the sandbox's configuration: the emulators on their
+// conventional ports and the bridge on localhost:1883.
+func DefaultConfig() Config {
+	return Config{
+		Emulators: emulators.DefaultConfig(),
+		Project:   "local-project",
+		Location:  "local",
+		Registry:  "devices",
+		Instance:  "iotpipe",
+		MQTTAddr:  "127.0.0.1:1883",
+	}
+}
+
+// Topic and subscription ids of the local deployment.
+const (
+	EventsTopic        = "iot-events"
+	StateTopic         = "iot-state"
+	EventsSubscription = "iot-events-pipeline"
+)
+
+// Resources is what the local deployment needs on the emulators: the same
+// topics, subscription and Bigtable tables Terraform creates in the cloud.
+func Resources(project, instance string) emulators.Resources {
+	tables := map[string][]string{}
+	for _, t := range schemas.BigtableLayout {
+		for _, f := range t.Families {
+			tables[t.Name] = append(tables[t.Name], f.Name)
+		}
+	}
+	return emulators.Resources{
+		Project:        project,
+		Instance:       instance,
+		Topics:         []string{EventsTopic, StateTopic},
+		Subscriptions:  map[string]string{EventsSubscription: EventsTopic},
+		BigtableTables: tables,
+	}
+}
+
+// Stack is the running local deployment.
+type Stack struct {
+	Config    Config
+	Emulators *emulators.Emulators
+	Bridge    *mqttbridge.Bridge
+	// Subscription is the full path the streaming job reads.
+	Subscription string
+
+	logger       *slog.Logger
+	publisher    *publisher.Publisher
+	stopPipeline context.CancelFunc
+	pipelineDone chan error
+}
+
+// Start brings the deployment up: emulators, resources, then the streaming
+// job, then the bridge, so no device message arrives before its reader.
+// It points this process's Google clients at the emulators through
+// PUBSUB_EMULATOR_HOST, BIGTABLE_EMULATOR_HOST and STORAGE_EMULATOR_HOST,
+// the variables Google's client libraries read.
+func Start(ctx context.Context, cfg Config, logger *slog.Logger) (_ *Stack, err error) {
+	if cfg.DrainTimeout <= 0 {
+		cfg.DrainTimeout = 30 * time.Second
+	}
+	st := &Stack{Config: cfg, logger: logger}
+	defer func() {
+		if err != nil {
+			st.Close()
+		}
+	}()
+	st.Emulators, err = emulators.Start(cfg.Emulators)
+	if err != nil {
+		return nil, err
+	}
+	for k, v := range st.Emulators.Env() {
+		if err := os.Setenv(k, v); err != nil {
+			return nil, fmt.Errorf("setting %s: %w", k, err)
+		}
+	}
+	if err := st.Emulators.Provision(ctx, Resources(cfg.Project, cfg.Instance)); err != nil {
+		return nil, err
+	}
+	st.Subscription = fmt.Sprintf("projects/%s/subscriptions/%s", cfg.Project, EventsSubscription)
+
+	pctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
+	st.stopPipeline = cancel
+	st.pipelineDone = make(chan error, 1)
+	sv := &pipelines.Supervisor{
+		Config: pipelines.StreamingConfig{
+			Subscription: st.Subscription,
+			Sinks: pipelines.SinkConfig{
+				BigtableProject:      cfg.Project,
+				BigtableInstance:     cfg.Instance,
+				BigtableWriteTimeout: cfg.BigtableWriteTimeout,
+			},
+		},
+		Logger:       logger,
+		DrainTimeout: cfg.DrainTimeout,
+		OnFailure:    cfg.OnPipelineFailure,
+	}
+	go func() { st.pipelineDone <- sv.Run(pctx) }()
+
+	st.publisher, err = publisher.New(ctx, cfg.Project)
+	if err != nil {
+		return nil, err
+	}
+	st.Bridge, err = mqttbridge.New(mqttbridge.Config{
+		Project:     cfg.Project,
+		Location:    cfg.Location,
+		Registry:    cfg.Registry,
+		EventsTopic: EventsTopic,
+		StateTopic:  StateTopic,
+		MQTTAddr:    cfg.MQTTAddr,
+	}, st.publisher, logger)
+	if err != nil {
+		return nil, err
+	}
+	if err := st.Bridge.Start(); err != nil {
+		return nil, err
+	}
+	return st, nil
+}
+
+// Close shuts down in the order that loses nothing: the bridge stops taking
+// messages and finishes its publishes; the streaming job reads what is left
+// in the subscription, then drains (its last bundles commit and ack); then
+// the emulators stop.
+func (st *Stack) Close() error {
+	var errs []error
+	if st.Bridge != nil {
+		errs = append(errs, st.Bridge.Close())
+	}
+	if st.publisher != nil {
+		errs = append(errs, st.publisher.Close())
+	}
+	if st.pipelineDone != nil {
+		if err := st.waitSubscriptionSettled(st.Config.DrainTimeout); err != nil {
+			st.logger.Warn("stopping with messages not yet processed", "error", err)
+		}
+		st.stopPipeline()
+		errs = append(errs, <-st.pipelineDone)
+		st.pipelineDone = nil
+	}
+	if st.Emulators != nil {
+		errs = append(errs, st.Emulators.Close())
+	}
+	return errors.Join(errs...)
+}
+
+// Unacked counts the messages on the events topic the pipeline has not acked.
+func (st *Stack) Unacked() int {
+	n := 0
+	for _, m := range st.Emulators.Pubsub.Messages() {
+		if m.Topic == fmt.Sprintf("projects/%s/topics/%s", st.Config.Project, EventsTopic) && m.Acks == 0 {
+			n++
+		}
+	}
+	return n
+}
+
+func (st *Stack) waitSubscriptionSettled(timeout time.Duration) error {
+	deadline := time.Now().Add(timeout)
+	tick := time.NewTicker(50 * time.Millisecond)
+	defer tick.Stop()
+	for {
+		n := st.Unacked()
+		if n == 0 {
+			return nil
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("%d messages still unacked after %v", n, timeout)
+		}
+		<-tick.C
+	}
+}

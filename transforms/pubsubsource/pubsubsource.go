@@ -1,0 +1,268 @@
+// Package pubsubsource reads a Pub/Sub subscription as an unbounded PCollection
+// on runners without a native Pub/Sub read (prism): acks after the runner commits.
+package pubsubsource
+
+import (
+	"context"
+	"fmt"
+	"math"
+	"reflect"
+	"strings"
+	"sync"
+	"time"
+
+	"cloud.google.com/go/pubsub/v2"
+	"cloud.google.com/go/pubsub/v2/apiv1/pubsubpb"
+	"github.com/apache/beam/sdks/v2/go/pkg/beam"
+	"github.com/apache/beam/sdks/v2/go/pkg/beam/core/graph/mtime"
+	"github.com/apache/beam/sdks/v2/go/pkg/beam/core/sdf"
+	"github.com/apache/beam/sdks/v2/go/pkg/beam/log"
+	"github.com/apache/beam/sdks/v2/go/pkg/beam/register"
+)
+
+func init() {
+	register.DoFn5x2[context.Context, *watermarkEstimator, *sdf.LockRTracker, []byte,
+		func(beam.EventTime, Message), sdf.ProcessContinuation, error](&readFn{})
+	register.Emitter2[beam.EventTime, Message]()
+	beam.RegisterType(reflect.TypeOf((*Message)(nil)).Elem())
+}
+
+// Message is one Pub/Sub message as the pipeline sees it.
+type Message struct {
+	ID            string
+	Data          []byte
+	Attributes    map[string]string
+	PublishMillis int64
+}
+
+// Config says what to read and how.
+type Config struct {
+	// Subscription is the full path projects/{project}/subscriptions/{id}.
+	Subscription string
+	// MaxMessages is the most messages one pull asks for (default 1000).
+	MaxMessages int
+	// PollInterval is how long the reader waits before pulling again after an
+	// empty pull (default 20 ms). It bounds the added latency when idle.
+	PollInterval time.Duration
+}
+
+// Read returns the messages of cfg.Subscription as an unbounded PCollection
+// of Message, each timestamped with its publish time.
+//
+// Messages are acknowledged only after the runner committed the bundle that
+// emitted them, with everything fused downstream of the read (see
+// Restriction); a failed bundle's messages are redelivered by Pub/Sub.
+//
+// The watermark follows the data: while pulls come back full (a backlog),
+// it stays at the oldest publish time just read; only when a pull comes back
+// short, meaning the reader has caught up, does it move to the time of that
+// pull. It never runs ahead of messages still waiting in the subscription
+// in publish order.
+func Read(s beam.Scope, cfg Config) beam.PCollection {
+	s = s.Scope("pubsubsource.Read")
+	if cfg.MaxMessages <= 0 {
+		cfg.MaxMessages = 1000
+	}
+	if cfg.PollInterval <= 0 {
+		cfg.PollInterval = 20 * time.Millisecond
+	}
+	imp := beam.Impulse(s)
+	return beam.ParDo(s, &readFn{
+		Subscription: cfg.Subscription,
+		MaxMessages:  int32(cfg.MaxMessages),
+		PollMillis:   cfg.PollInterval.Milliseconds(),
+	}, imp)
+}
+
+// ValidateSubscription checks the form projects/{project}/subscriptions/{id}
+// and returns the project.
+func ValidateSubscription(sub string) (project string, err error) {
+	parts := strings.Split(sub, "/")
+	if len(parts) != 4 || parts[0] != "projects" || parts[2] != "subscriptions" || parts[1] == "" || parts[3] == "" {
+		return "", fmt.Errorf("subscription %q is not of the form projects/{project}/subscriptions/{id}", sub)
+	}
+	return parts[1], nil
+}
+
+// drains holds the subscriptions whose readers in this process were asked to finish.
+var drains sync.Map
+
+// Drain asks every reader of subscription running in this process (prism's
+// loopback workers run in the launching process) to finish: each stops
+// pulling, its last bundle commits and acks, and its output watermark goes to
+// the end of time, so windows close and the job ends with nothing in flight.
+func Drain(subscription string) { drains.Store(subscription, true) }
+
+// Undrain clears a Drain, so a new job on the same subscription reads again.
+func Undrain(subscription string) { drains.Delete(subscription) }
+
+func draining(subscription string) bool {
+	_, ok := drains.Load(subscription)
+	return ok
+}
+
+type readFn struct {
+	Subscription string
+	MaxMessages  int32
+	PollMillis   int64
+
+	client   *pubsub.Client
+	received beam.Counter
+	acked    beam.Counter
+	ackErrs  beam.Counter
+	pullErrs beam.Counter
+}
+
+func (fn *readFn) Setup(ctx context.Context) error {
+	project, err := ValidateSubscription(fn.Subscription)
+	if err != nil {
+		return err
+	}
+	// pubsub.NewClient honours PUBSUB_EMULATOR_HOST.
+	fn.client, err = pubsub.NewClient(ctx, project)
+	if err != nil {
+		return fmt.Errorf("pubsub client for %s: %w", fn.Subscription, err)
+	}
+	fn.received = beam.NewCounter("iotpipe.source", "messages_received")
+	fn.acked = beam.NewCounter("iotpipe.source", "messages_acked")
+	fn.ackErrs = beam.NewCounter("iotpipe.source", "ack_errors")
+	fn.pullErrs = beam.NewCounter("iotpipe.source", "pull_errors")
+	return nil
+}
+
+func (fn *readFn) Teardown() error {
+	if fn.client == nil {
+		return nil
+	}
+	return fn.client.Close()
+}
+
+// The restriction counts pulls that returned messages and carries the ack
+// ids of the last bundle (see Restriction).
+func (fn *readFn) CreateInitialRestriction(_ []byte) Restriction {
+	return Restriction{}
+}
+
+func (fn *readFn) SplitRestriction(_ []byte, rest Restriction) []Restriction {
+	return []Restriction{rest}
+}
+
+func (fn *readFn) RestrictionSize(_ []byte, rest Restriction) float64 {
+	if rest.Done {
+		return 0
+	}
+	return 1
+}
+
+func (fn *readFn) CreateTracker(rest Restriction) *sdf.LockRTracker {
+	return sdf.NewLockRTracker(&tracker{rest: rest})
+}
+
+func (fn *readFn) TruncateRestriction(_ *sdf.LockRTracker, _ []byte) Restriction {
+	return Restriction{Done: true}
+}
+
+func (fn *readFn) InitialWatermarkEstimatorState(_ beam.EventTime, _ Restriction, _ []byte) int64 {
+	return math.MinInt64
+}
+
+func (fn *readFn) CreateWatermarkEstimator(ms int64) *watermarkEstimator {
+	return &watermarkEstimator{ms: ms}
+}
+
+func (fn *readFn) WatermarkEstimatorState(we *watermarkEstimator) int64 { return we.ms }
+
+func (fn *readFn) ProcessElement(ctx context.Context, we *watermarkEstimator, rt *sdf.LockRTracker, _ []byte, emit func(beam.EventTime, Message)) (sdf.ProcessContinuation, error) {
+	rest := rt.GetRestriction().(Restriction)
+	if rest.Done {
+		return sdf.StopProcessing(), nil
+	}
+	// The bundle that emitted these is committed: this restriction is its residual.
+	fn.ack(ctx, rest.Pending)
+	if draining(fn.Subscription) {
+		rt.TryClaim(int64(drainPosition))
+		log.Infof(ctx, "pubsubsource: reader of %s drained", fn.Subscription)
+		return sdf.StopProcessing(), nil
+	}
+	pullStart := time.Now()
+	resp, err := fn.client.SubscriptionAdminClient.Pull(ctx, &pubsubpb.PullRequest{
+		Subscription:      fn.Subscription,
+		MaxMessages:       fn.MaxMessages,
+		ReturnImmediately: true, // the reader polls; a blocking pull would hold the bundle open
+	})
+	if err != nil {
+		// A failed pull loses nothing: retry after the poll interval.
+		fn.pullErrs.Inc(ctx, 1)
+		log.Warnf(ctx, "pubsubsource: pull %s: %v", fn.Subscription, err)
+		return sdf.ResumeProcessingIn(fn.poll()), nil
+	}
+	msgs := resp.GetReceivedMessages()
+	if len(msgs) == 0 {
+		we.advance(pullStart.UnixMilli())
+		return sdf.ResumeProcessingIn(fn.poll()), nil
+	}
+	if !rt.TryClaim(rest.Next) {
+		// Not ours to emit: leave the messages unacked for redelivery.
+		return sdf.StopProcessing(), rt.GetError()
+	}
+	ackIDs := make([]string, 0, len(msgs))
+	oldest := int64(math.MaxInt64)
+	for _, rm := range msgs {
+		m := rm.GetMessage()
+		pub := m.GetPublishTime().AsTime().UnixMilli()
+		oldest = min(oldest, pub)
+		ackIDs = append(ackIDs, rm.GetAckId())
+		emit(beam.EventTime(pub), Message{
+			ID:            m.GetMessageId(),
+			Data:          m.GetData(),
+			Attributes:    m.GetAttributes(),
+			PublishMillis: pub,
+		})
+	}
+	rt.Mu.Lock()
+	rt.Rt.(*tracker).emit(ackIDs)
+	rt.Mu.Unlock()
+	fn.received.Inc(ctx, int64(len(msgs)))
+	if len(msgs) < int(fn.MaxMessages) {
+		// Caught up: anything not yet read was published after this pull began.
+		we.advance(pullStart.UnixMilli())
+	} else {
+		// Backlog: hold at the oldest message of this batch.
+		we.advance(oldest)
+	}
+	return sdf.ResumeProcessingIn(0), nil
+}
+
+// ack acknowledges messages whose bundle committed. A failed ack is not an
+// error of this bundle; the messages are redelivered and the idempotent sinks
+// absorb the repeat.
+func (fn *readFn) ack(ctx context.Context, ackIDs []string) {
+	const chunk = 2500 // well under the 512 KiB request limit
+	for len(ackIDs) > 0 {
+		n := min(chunk, len(ackIDs))
+		if err := fn.client.SubscriptionAdminClient.Acknowledge(ctx, &pubsubpb.AcknowledgeRequest{
+			Subscription: fn.Subscription,
+			AckIds:       ackIDs[:n],
+		}); err != nil {
+			fn.ackErrs.Inc(ctx, 1)
+			log.Warnf(ctx, "pubsubsource: ack %d messages on %s: %v (they will be redelivered)", n, fn.Subscription, err)
+		} else {
+			fn.acked.Inc(ctx, int64(n))
+		}
+		ackIDs = ackIDs[n:]
+	}
+}
+
+func (fn *readFn) poll() time.Duration { return time.Duration(fn.PollMillis) * time.Millisecond }
+
+// watermarkEstimator only moves forward.
+type watermarkEstimator struct{ ms int64 }
+
+func (e *watermarkEstimator) CurrentWatermark() time.Time {
+	if e.ms == math.MinInt64 {
+		return mtime.MinTimestamp.ToTime()
+	}
+	return time.UnixMilli(e.ms)
+}
+
+func (e *watermarkEstimator) advance(ms int64) { e.ms = max(e.ms, ms) }
