@@ -29,7 +29,7 @@ func (dp DevicePath) String() string {
 
 // ParseClientID parses an MQTT client id of the form
 // projects/{project}/locations/{location}/registries/{registry}/devices/{device}.
-// The device id must pass ValidDeviceID; the other parts must be non-empty.
+// The other parts must be non-empty; the device part must pass ValidDeviceRef.
 func ParseClientID(id string) (DevicePath, error) {
 	parts := strings.Split(id, "/")
 	if len(parts) != 8 || parts[0] != "projects" || parts[2] != "locations" ||
@@ -42,10 +42,30 @@ func ParseClientID(id string) (DevicePath, error) {
 			return DevicePath{}, fmt.Errorf("%w %s: empty %s", ErrBadClientID, clip(id), name)
 		}
 	}
-	if err := ValidDeviceID(parts[7]); err != nil {
+	if err := ValidDeviceRef(parts[7]); err != nil {
 		return DevicePath{}, fmt.Errorf("%w %s: %w", ErrBadClientID, clip(id), err)
 	}
 	return DevicePath{Project: parts[1], Location: parts[3], Registry: parts[5], Device: parts[7]}, nil
+}
+
+// ValidDeviceRef reports whether id can name a device in a client id or a
+// topic: 1 to 255 characters of [-a-zA-Z0-9._+~%] led by a letter or digit
+// (so never an MQTT wildcard). It is looser than
+// ValidDeviceID on purpose: whether a device exists is the registry's answer,
+// and the creation rule is enforced where devices are created.
+func ValidDeviceRef(id string) error {
+	if len(id) < 1 || len(id) > 255 {
+		return fmt.Errorf("%w %s: length %d, want 1 to 255", ErrBadDeviceID, clip(id), len(id))
+	}
+	if !isLetter(id[0]) && !isDigit(id[0]) {
+		return fmt.Errorf("%w %s: must start with a letter or digit", ErrBadDeviceID, clip(id))
+	}
+	for i := 1; i < len(id); i++ {
+		if c := id[i]; !isLetter(c) && !isDigit(c) && !strings.ContainsRune("-._+~%", rune(c)) {
+			return fmt.Errorf("%w %s: character %q at %d not in [-a-zA-Z0-9._+~%%]", ErrBadDeviceID, clip(id), c, i)
+		}
+	}
+	return nil
 }
 
 // ValidDeviceID reports whether id is a device id IoT Core would have accepted:
@@ -129,7 +149,7 @@ func ParseTopic(topic string) (Topic, error) {
 	if !ok {
 		return Topic{}, fmt.Errorf("%w %s: want /devices/{id}/{events|state|config|commands}", ErrBadTopic, clip(topic))
 	}
-	if err := ValidDeviceID(device); err != nil {
+	if err := ValidDeviceRef(device); err != nil {
 		return Topic{}, fmt.Errorf("%w %s: %w", ErrBadTopic, clip(topic), err)
 	}
 	kindName, sub, hasSub := strings.Cut(rest, "/")

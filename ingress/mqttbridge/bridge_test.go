@@ -37,7 +37,6 @@ const (
 	safety = 30 * time.Second
 )
 
-// IoT Core device ids have at least three characters, so "d1" is not one.
 func clientID(device string) string {
 	return iotcore.DevicePath{Project: project, Location: location, Registry: registry, Device: device}.String()
 }
@@ -506,7 +505,7 @@ func TestBadClientIDRefusedAtConnect(t *testing.T) {
 	e := start(t, nil)
 	tests := []struct{ name, id string }{
 		{"not a path", "dev1"},
-		{"too short device id", clientID("d1")},
+		{"device id led by a dash", clientID("-d1")},
 		{"other project", "projects/other/locations/us-central1/registries/reg/devices/dev1"},
 		{"other location", "projects/proj/locations/europe-west1/registries/reg/devices/dev1"},
 		{"other registry", "projects/proj/locations/us-central1/registries/other/devices/dev1"},

@@ -70,7 +70,7 @@ func TestIdentityHook(t *testing.T) {
 	}{
 		{name: "registry device", id: devicePath("dev1").String(), auth: AllowAll{}, admit: true, device: "dev1"},
 		{name: "bare device id", id: "dev1", auth: AllowAll{}},
-		{name: "invalid device id", id: devicePath("d1").String(), auth: AllowAll{}},
+		{name: "invalid device id", id: devicePath("-d1").String(), auth: AllowAll{}},
 		{name: "other project", id: "projects/x/locations/us-central1/registries/reg/devices/dev1", auth: AllowAll{}},
 		{name: "other location", id: "projects/proj/locations/x/registries/reg/devices/dev1", auth: AllowAll{}},
 		{name: "other registry", id: "projects/proj/locations/us-central1/registries/x/devices/dev1", auth: AllowAll{}},

@@ -44,11 +44,13 @@ type Config struct {
 func DefaultConfig() Config {
 	return Config{
 		Emulators: emulators.DefaultConfig(),
-		Project:   "local-project",
-		Location:  "local",
-		Registry:  "devices",
-		Instance:  "iotpipe",
-		MQTTAddr:  "127.0.0.1:1883",
+		// Short names, so a device's client id is short to type:
+		// projects/p/locations/l/registries/r/devices/{device}.
+		Project:  "p",
+		Location: "l",
+		Registry: "r",
+		Instance: "iotpipe",
+		MQTTAddr: "127.0.0.1:1883",
 	}
 }
 
