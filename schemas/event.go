@@ -22,6 +22,9 @@ const (
 	AttrRegistryRegion = "deviceRegistryLocation"
 	AttrProjectID      = "projectId"
 	AttrSubFolder      = "subFolder"
+	// AttrDeviceClass is iotpipe's own attribute: the device class the
+	// registry knows for the device, which selects its payload schema.
+	AttrDeviceClass = "deviceClass"
 )
 
 // Event is one telemetry reading after parsing: the device payload
@@ -45,6 +48,14 @@ type Event struct {
 	Buffered bool
 	// PublishMillis is when Pub/Sub accepted the message (Unix ms).
 	PublishMillis int64
+
+	// DeviceClass names the device's class (attribute deviceClass, set by the
+	// bridge from the registry, or the reference data); SchemaID is the
+	// versioned schema the payload was validated against ("thermostat/1.2").
+	DeviceClass string
+	SchemaID    string
+	// Enrichment is filled by the reference join.
+	Enrichment Enrichment
 }
 
 // MetricNames returns the event's metric names in sorted order, so every
@@ -105,14 +116,15 @@ func ParseEvent(data []byte, attrs map[string]string) (Event, error) {
 		}
 	}
 	return Event{
-		DeviceID:  device,
-		Registry:  attrs[AttrRegistryID],
-		Location:  attrs[AttrRegistryRegion],
-		Project:   attrs[AttrProjectID],
-		SubFolder: attrs[AttrSubFolder],
-		TS:        *p.TS,
-		Seq:       *p.Seq,
-		Metrics:   p.Metrics,
-		Buffered:  p.Buffered,
+		DeviceID:    device,
+		Registry:    attrs[AttrRegistryID],
+		Location:    attrs[AttrRegistryRegion],
+		Project:     attrs[AttrProjectID],
+		SubFolder:   attrs[AttrSubFolder],
+		DeviceClass: attrs[AttrDeviceClass],
+		TS:          *p.TS,
+		Seq:         *p.Seq,
+		Metrics:     p.Metrics,
+		Buffered:    p.Buffered,
 	}, nil
 }
