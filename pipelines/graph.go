@@ -11,6 +11,7 @@ import (
 
 	"github.com/iotpipe/iotpipe/schemas"
 	"github.com/iotpipe/iotpipe/transforms/bigtablesink"
+	"github.com/iotpipe/iotpipe/transforms/dedupe"
 	"github.com/iotpipe/iotpipe/transforms/parse"
 	"github.com/iotpipe/iotpipe/transforms/pubsubsource"
 )
@@ -26,6 +27,7 @@ type SinkConfig struct {
 	BigtableInstance string
 	// BigtableWriteTimeout bounds one bundle's Bigtable write, retries included.
 	BigtableWriteTimeout time.Duration
+	Dedupe               dedupe.Config
 }
 
 // Validate reports the first missing or malformed setting.
@@ -40,17 +42,21 @@ func (c SinkConfig) Validate() error {
 }
 
 // Graph applies the shared transforms to raw messages (a PCollection of
-// pubsubsource.Message): parse, then write readings and dead letters.
-func Graph(s beam.Scope, cfg SinkConfig, msgs beam.PCollection) {
+// pubsubsource.Message): parse, drop repeated (device, seq), then write
+// readings and dead letters. It returns the receipts (PCollections of
+// string) of the messages it is done with: written, or dropped as repeats.
+func Graph(s beam.Scope, cfg SinkConfig, msgs beam.PCollection) []beam.PCollection {
 	events, dead := parse.Parse(s, msgs)
-	bigtablesink.Write(s.Scope("Telemetry"), bigtablesink.Config{
+	events, repeats := dedupe.Dedupe(s, events, cfg.Dedupe)
+	written := bigtablesink.Write(s.Scope("Telemetry"), bigtablesink.Config{
 		Project: cfg.BigtableProject, Instance: cfg.BigtableInstance,
 		Table: schemas.TelemetryTable, WriteTimeout: cfg.BigtableWriteTimeout,
 	}, beam.ParDo(s, schemas.TelemetryRow, events))
-	bigtablesink.Write(s.Scope("DeadLetters"), bigtablesink.Config{
+	deadWritten := bigtablesink.Write(s.Scope("DeadLetters"), bigtablesink.Config{
 		Project: cfg.BigtableProject, Instance: cfg.BigtableInstance,
 		Table: schemas.DeadLetterTable, WriteTimeout: cfg.BigtableWriteTimeout,
 	}, beam.ParDo(s, schemas.DeadLetterRow, dead))
+	return []beam.PCollection{written, deadWritten, repeats}
 }
 
 // StreamingConfig is the streaming job's configuration.
@@ -75,6 +81,6 @@ func Streaming(cfg StreamingConfig) (*beam.Pipeline, error) {
 	}
 	p, s := beam.NewPipelineWithRoot()
 	msgs := pubsubsource.Read(s, pubsubsource.Config{Subscription: cfg.Subscription})
-	Graph(s, cfg.Sinks, msgs)
+	pubsubsource.Ack(s, cfg.Subscription, Graph(s, cfg.Sinks, msgs)...)
 	return p, nil
 }

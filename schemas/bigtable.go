@@ -11,6 +11,8 @@ import (
 const (
 	TelemetryTable  = "telemetry"
 	DeadLetterTable = "deadletter"
+	// DevicesTable is the device registry (ingress/registry documents its rows).
+	DevicesTable = "devices"
 )
 
 // Column families.
@@ -22,12 +24,31 @@ const (
 	FamilyEnvelope = "e"
 	// FamilyDeadLetter holds a dead-lettered message and its error.
 	FamilyDeadLetter = "d"
+
+	// Families of DevicesTable. Each column holds one live cell: the
+	// registry replaces a column (delete, then set) in the same atomic
+	// mutation, so reads never depend on garbage collection having run.
+
+	// FamilyDeviceFields holds a device's fields, one column per field, so a
+	// patch rewrites only the fields in its update mask.
+	FamilyDeviceFields = "d"
+	// FamilyDeviceConfig holds the current config version (a decimal, the
+	// cell that optimistic concurrency checks) and the current config.
+	FamilyDeviceConfig = "c"
+	// FamilyConfigHistory holds the last config versions, one column each.
+	FamilyConfigHistory = "h"
+	// FamilyRegistry holds a registry's record, on the registry's own row.
+	FamilyRegistry = "r"
+	// FamilyNumID holds the device a numeric id belongs to, on the id's
+	// own row, so that each generated numId is claimed exactly once.
+	FamilyNumID = "n"
 )
 
 // HotRetention is how long raw readings stay in Bigtable before garbage collection.
 const HotRetention = 7 * 24 * time.Hour
 
 // BigtableFamily is a column family and its garbage-collection policy.
+// A zero MaxAge means no age limit.
 type BigtableFamily struct {
 	Name        string
 	MaxAge      time.Duration
@@ -50,6 +71,14 @@ var BigtableLayout = []BigtableTable{
 	{Name: DeadLetterTable, Families: []BigtableFamily{
 		{Name: FamilyDeadLetter, MaxAge: 30 * 24 * time.Hour, MaxVersions: 1},
 	}},
+	// Registry data lives until deleted: no age limit.
+	{Name: DevicesTable, Families: []BigtableFamily{
+		{Name: FamilyDeviceFields, MaxVersions: 1},
+		{Name: FamilyDeviceConfig, MaxVersions: 1},
+		{Name: FamilyConfigHistory, MaxVersions: 1},
+		{Name: FamilyRegistry, MaxVersions: 1},
+		{Name: FamilyNumID, MaxVersions: 1},
+	}},
 }
 
 // Row is a Bigtable row as the sinks write it: a key and its cells. Every cell
@@ -58,6 +87,9 @@ var BigtableLayout = []BigtableTable{
 type Row struct {
 	Key   string
 	Cells []Cell
+	// AckID is the receipt of the message the row came from; it is not
+	// stored, the sink hands it on once the row is written.
+	AckID string
 }
 
 // Cell is one value of a Row.
@@ -100,7 +132,7 @@ func TelemetryRow(e Event) Row {
 	if e.Buffered {
 		env("buffered", "true")
 	}
-	return Row{Key: TelemetryKey(e.DeviceID, e.TS, e.Seq), Cells: cells}
+	return Row{Key: TelemetryKey(e.DeviceID, e.TS, e.Seq), Cells: cells, AckID: e.AckID}
 }
 
 // DeadLetterKey orders dead letters by stage and publish time; the message id
@@ -123,5 +155,5 @@ func DeadLetterRow(d DeadLetter) Row {
 	if d.SchemaID != "" {
 		cells = append(cells, Cell{FamilyDeadLetter, "schema_id", ts, []byte(d.SchemaID)})
 	}
-	return Row{Key: DeadLetterKey(d.Stage, d.PublishMillis, d.MessageID), Cells: cells}
+	return Row{Key: DeadLetterKey(d.Stage, d.PublishMillis, d.MessageID), Cells: cells, AckID: d.AckID}
 }

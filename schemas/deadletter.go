@@ -21,11 +21,13 @@ type DeadLetter struct {
 	// MessageID and PublishMillis identify the source message.
 	MessageID     string
 	PublishMillis int64
+	// AckID is the source's receipt for the message (see Event.AckID).
+	AckID string
 }
 
 // NewDeadLetter builds the record for a payload refused at stage with err.
 // The payload is kept whole as bytes, and as text when it is valid UTF-8.
-func NewDeadLetter(stage string, data []byte, attrs map[string]string, messageID string, publishMillis, nowMillis int64, err error) DeadLetter {
+func NewDeadLetter(stage string, data []byte, attrs map[string]string, messageID, ackID string, publishMillis, nowMillis int64, err error) DeadLetter {
 	d := DeadLetter{
 		TimestampMillis: nowMillis,
 		PayloadBytes:    data,
@@ -33,6 +35,7 @@ func NewDeadLetter(stage string, data []byte, attrs map[string]string, messageID
 		ErrorMessage:    err.Error(),
 		Stage:           stage,
 		MessageID:       messageID,
+		AckID:           ackID,
 		PublishMillis:   publishMillis,
 	}
 	if utf8.Valid(data) {

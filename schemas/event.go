@@ -56,6 +56,10 @@ type Event struct {
 	SchemaID    string
 	// Enrichment is filled by the reference join.
 	Enrichment Enrichment
+
+	// AckID is the source's receipt for the message, handed back once the
+	// reading is written; empty where the runner acknowledges by itself.
+	AckID string
 }
 
 // MetricNames returns the event's metric names in sorted order, so every

@@ -15,7 +15,8 @@ import (
 )
 
 func init() {
-	register.DoFn2x1[context.Context, schemas.Row, error](&writeFn{})
+	register.DoFn3x1[context.Context, schemas.Row, func(string), error](&writeFn{})
+	register.Emitter1[string]()
 }
 
 // Config names the table and bounds the retries.
@@ -34,15 +35,17 @@ type Config struct {
 // mutations per request.
 const maxRowsPerCall = 1000
 
-// Write stores every row of rows (a PCollection of schemas.Row) in cfg.Table.
+// Write stores every row of rows (a PCollection of schemas.Row) in cfg.Table
+// and returns the rows' receipts (Row.AckID, a PCollection of string) once
+// they are written, for the source to acknowledge.
 // Writes are idempotent: rows carry deterministic keys and explicit cell
 // timestamps, so a retried or replayed bundle rewrites the same cells.
-func Write(s beam.Scope, cfg Config, rows beam.PCollection) {
+func Write(s beam.Scope, cfg Config, rows beam.PCollection) beam.PCollection {
 	s = s.Scope("bigtablesink.Write")
 	if cfg.WriteTimeout <= 0 {
 		cfg.WriteTimeout = 30 * time.Second
 	}
-	beam.ParDo0(s, &writeFn{
+	return beam.ParDo(s, &writeFn{
 		Project:       cfg.Project,
 		Instance:      cfg.Instance,
 		Table:         cfg.Table,
@@ -60,6 +63,7 @@ type writeFn struct {
 	table   *bigtable.Table
 	keys    []string
 	muts    []*bigtable.Mutation
+	acks    []string
 	written beam.Counter
 	failed  beam.Counter
 }
@@ -84,28 +88,31 @@ func (fn *writeFn) Teardown() error {
 	return fn.client.Close()
 }
 
-func (fn *writeFn) StartBundle(_ context.Context) {
-	fn.keys, fn.muts = fn.keys[:0], fn.muts[:0]
+func (fn *writeFn) StartBundle(_ context.Context, _ func(string)) {
+	fn.keys, fn.muts, fn.acks = fn.keys[:0], fn.muts[:0], fn.acks[:0]
 }
 
-func (fn *writeFn) ProcessElement(ctx context.Context, row schemas.Row) error {
+func (fn *writeFn) ProcessElement(ctx context.Context, row schemas.Row, written func(string)) error {
 	m := bigtable.NewMutation()
 	for _, c := range row.Cells {
 		m.Set(c.Family, c.Column, bigtable.Time(time.UnixMilli(c.Millis)), c.Value)
 	}
 	fn.keys = append(fn.keys, row.Key)
 	fn.muts = append(fn.muts, m)
+	if row.AckID != "" {
+		fn.acks = append(fn.acks, row.AckID)
+	}
 	if len(fn.keys) >= maxRowsPerCall {
-		return fn.flush(ctx)
+		return fn.flush(ctx, written)
 	}
 	return nil
 }
 
-func (fn *writeFn) FinishBundle(ctx context.Context) error {
-	return fn.flush(ctx)
+func (fn *writeFn) FinishBundle(ctx context.Context, written func(string)) error {
+	return fn.flush(ctx, written)
 }
 
-func (fn *writeFn) flush(ctx context.Context) error {
+func (fn *writeFn) flush(ctx context.Context, written func(string)) error {
 	if len(fn.keys) == 0 {
 		return nil
 	}
@@ -123,6 +130,9 @@ func (fn *writeFn) flush(ctx context.Context) error {
 		}
 	}
 	fn.written.Inc(ctx, int64(len(fn.keys)))
-	fn.keys, fn.muts = fn.keys[:0], fn.muts[:0]
+	for _, a := range fn.acks {
+		written(a)
+	}
+	fn.keys, fn.muts, fn.acks = fn.keys[:0], fn.muts[:0], fn.acks[:0]
 	return nil
 }

@@ -48,11 +48,12 @@ func (fn *parseFn) ProcessElement(ctx context.Context, m pubsubsource.Message, e
 	if err != nil {
 		fn.bad.Inc(ctx, 1)
 		log.Warnf(ctx, "parse: message %s dead-lettered: %v", m.ID, err)
-		dead(schemas.NewDeadLetter(Stage, m.Data, m.Attributes, m.ID, m.PublishMillis, time.Now().UnixMilli(), err))
+		dead(schemas.NewDeadLetter(Stage, m.Data, m.Attributes, m.ID, m.AckID, m.PublishMillis, time.Now().UnixMilli(), err))
 		return
 	}
 	e.MessageID = m.ID
 	e.PublishMillis = m.PublishMillis
+	e.AckID = m.AckID
 	fn.parsed.Inc(ctx, 1)
 	events(e)
 }

@@ -33,6 +33,9 @@ type Message struct {
 	Data          []byte
 	Attributes    map[string]string
 	PublishMillis int64
+	// AckID is the receipt the pipeline hands back to Ack once everything
+	// the message became is written.
+	AckID string
 }
 
 // Config says what to read and how.
@@ -49,9 +52,13 @@ type Config struct {
 // Read returns the messages of cfg.Subscription as an unbounded PCollection
 // of Message, each timestamped with its publish time.
 //
-// Messages are acknowledged only after the runner committed the bundle that
-// emitted them, with everything fused downstream of the read (see
-// Restriction); a failed bundle's messages are redelivered by Pub/Sub.
+// Read does not acknowledge: each Message carries its AckID, and the
+// pipeline passes the receipts to Ack only after its sinks wrote what the
+// message became. Acking on the read side once the runner committed would
+// be right on a runner with durable state (Dataflow acks that way), but
+// prism keeps state in memory: a message acked there and lost with a failed
+// or killed job would be gone. Acked at the sinks, an unwritten message is
+// always redelivered.
 //
 // The watermark follows the data: while pulls come back full (a backlog),
 // it stays at the oldest publish time just read; only when a pull comes back
@@ -108,8 +115,6 @@ type readFn struct {
 
 	client   *pubsub.Client
 	received beam.Counter
-	acked    beam.Counter
-	ackErrs  beam.Counter
 	pullErrs beam.Counter
 }
 
@@ -124,8 +129,6 @@ func (fn *readFn) Setup(ctx context.Context) error {
 		return fmt.Errorf("pubsub client for %s: %w", fn.Subscription, err)
 	}
 	fn.received = beam.NewCounter("iotpipe.source", "messages_received")
-	fn.acked = beam.NewCounter("iotpipe.source", "messages_acked")
-	fn.ackErrs = beam.NewCounter("iotpipe.source", "ack_errors")
 	fn.pullErrs = beam.NewCounter("iotpipe.source", "pull_errors")
 	return nil
 }
@@ -177,8 +180,6 @@ func (fn *readFn) ProcessElement(ctx context.Context, we *watermarkEstimator, rt
 	if rest.Done {
 		return sdf.StopProcessing(), nil
 	}
-	// The bundle that emitted these is committed: this restriction is its residual.
-	fn.ack(ctx, rest.Pending)
 	if draining(fn.Subscription) {
 		rt.TryClaim(int64(drainPosition))
 		log.Infof(ctx, "pubsubsource: reader of %s drained", fn.Subscription)
@@ -205,23 +206,19 @@ func (fn *readFn) ProcessElement(ctx context.Context, we *watermarkEstimator, rt
 		// Not ours to emit: leave the messages unacked for redelivery.
 		return sdf.StopProcessing(), rt.GetError()
 	}
-	ackIDs := make([]string, 0, len(msgs))
 	oldest := int64(math.MaxInt64)
 	for _, rm := range msgs {
 		m := rm.GetMessage()
 		pub := m.GetPublishTime().AsTime().UnixMilli()
 		oldest = min(oldest, pub)
-		ackIDs = append(ackIDs, rm.GetAckId())
 		emit(beam.EventTime(pub), Message{
 			ID:            m.GetMessageId(),
 			Data:          m.GetData(),
 			Attributes:    m.GetAttributes(),
 			PublishMillis: pub,
+			AckID:         rm.GetAckId(),
 		})
 	}
-	rt.Mu.Lock()
-	rt.Rt.(*tracker).emit(ackIDs)
-	rt.Mu.Unlock()
 	fn.received.Inc(ctx, int64(len(msgs)))
 	if len(msgs) < int(fn.MaxMessages) {
 		// Caught up: anything not yet read was published after this pull began.
@@ -231,26 +228,6 @@ func (fn *readFn) ProcessElement(ctx context.Context, we *watermarkEstimator, rt
 		we.advance(oldest)
 	}
 	return sdf.ResumeProcessingIn(0), nil
-}
-
-// ack acknowledges messages whose bundle committed. A failed ack is not an
-// error of this bundle; the messages are redelivered and the idempotent sinks
-// absorb the repeat.
-func (fn *readFn) ack(ctx context.Context, ackIDs []string) {
-	const chunk = 2500 // well under the 512 KiB request limit
-	for len(ackIDs) > 0 {
-		n := min(chunk, len(ackIDs))
-		if err := fn.client.SubscriptionAdminClient.Acknowledge(ctx, &pubsubpb.AcknowledgeRequest{
-			Subscription: fn.Subscription,
-			AckIds:       ackIDs[:n],
-		}); err != nil {
-			fn.ackErrs.Inc(ctx, 1)
-			log.Warnf(ctx, "pubsubsource: ack %d messages on %s: %v (they will be redelivered)", n, fn.Subscription, err)
-		} else {
-			fn.acked.Inc(ctx, int64(n))
-		}
-		ackIDs = ackIDs[n:]
-	}
 }
 
 func (fn *readFn) poll() time.Duration { return time.Duration(fn.PollMillis) * time.Millisecond }

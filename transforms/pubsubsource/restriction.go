@@ -15,18 +15,9 @@ func init() {
 	beam.RegisterCoder(reflect.TypeOf((*Restriction)(nil)).Elem(), encodeRestriction, decodeRestriction)
 }
 
-// Restriction is where a reader stands: the number of its next pull, and the
-// ack ids of the messages the previous bundle emitted.
-//
-// A residual restriction exists only once the runner has committed the bundle
-// that produced it, so whoever resumes a restriction may ack its Pending ids:
-// their messages are safely downstream. This is bundle finalization carried
-// in the restriction itself, and it does not depend on the SDK's
-// BundleFinalization, which in Beam 2.77's Go harness only fires for the first
-// bundle of each cached plan.
+// Restriction is where a reader stands: the number of its next pull.
 type Restriction struct {
-	Next    int64
-	Pending []string
+	Next int64
 	// Done marks a restriction with no work left (a checkpoint's primary, or
 	// a drained reader).
 	Done bool
@@ -42,13 +33,11 @@ func decodeRestriction(b []byte) (Restriction, error) {
 
 // tracker claims pull numbers. It never splits a running reader in parts (one
 // reader per subscription pulls; prism otherwise halves a slow unbounded
-// restriction), only checkpoints it, handing the ack ids emitted since the
-// last checkpoint to the residual.
+// restriction), only checkpoints it.
 type tracker struct {
 	rest    Restriction
 	claimed bool
 	stopped bool
-	emitted []string
 	err     error
 }
 
@@ -80,9 +69,6 @@ func (t *tracker) TryClaim(pos any) bool {
 	return true
 }
 
-// emit records ack ids of messages emitted under the current claim.
-func (t *tracker) emit(ackIDs []string) { t.emitted = append(t.emitted, ackIDs...) }
-
 func (t *tracker) GetError() error { return t.err }
 
 func (t *tracker) TrySplit(fraction float64) (primary, residual any, err error) {
@@ -93,7 +79,7 @@ func (t *tracker) TrySplit(fraction float64) (primary, residual any, err error) 
 	if t.claimed {
 		next++
 	}
-	res := Restriction{Next: next, Pending: t.emitted}
+	res := Restriction{Next: next}
 	t.rest.Done = true
 	t.stopped = true
 	return t.rest, res, nil

@@ -1,0 +1,167 @@
+// Package dedupe drops repeated readings exactly: a reading is identified by
+// (device_id, seq), and each identity passes once within an event-time horizon.
+package dedupe
+
+import (
+	"context"
+	"fmt"
+	"reflect"
+	"sort"
+	"time"
+
+	"github.com/apache/beam/sdks/v2/go/pkg/beam"
+	"github.com/apache/beam/sdks/v2/go/pkg/beam/core/graph/mtime"
+	"github.com/apache/beam/sdks/v2/go/pkg/beam/core/graph/window"
+	"github.com/apache/beam/sdks/v2/go/pkg/beam/core/state"
+	"github.com/apache/beam/sdks/v2/go/pkg/beam/core/timers"
+	"github.com/apache/beam/sdks/v2/go/pkg/beam/register"
+
+	"github.com/iotpipe/iotpipe/schemas"
+)
+
+func init() {
+	register.Function2x0(keyByArrival)
+	register.Emitter3[beam.EventTime, string, schemas.Event]()
+	register.Function2x2(collectBatch)
+	register.DoFn8x1[context.Context, beam.EventTime, state.Provider, timers.Provider, string, []schemas.Event, func(schemas.Event), func(string), error](&dedupeFn{})
+	register.Emitter1[schemas.Event]()
+	register.Emitter1[string]()
+	register.Iter1[schemas.Event]()
+	beam.RegisterType(reflect.TypeOf((*SeenSet)(nil)).Elem())
+	beam.RegisterType(reflect.TypeOf((*Run)(nil)).Elem())
+}
+
+// Config tunes the deduplication.
+type Config struct {
+	// Horizon is how long, in event time, a (device, seq) is remembered
+	// (default 24 h).
+	Horizon time.Duration
+	// Batch is the processing window that groups a device's readings before
+	// its state is touched (default 250 ms). State is read and written once
+	// per device per batch, never per reading: per-element state collapses on
+	// prism under a backlog (DESIGN.md).
+	Batch time.Duration
+}
+
+func (c Config) withDefaults() Config {
+	if c.Horizon <= 0 {
+		c.Horizon = 24 * time.Hour
+	}
+	if c.Batch <= 0 {
+		c.Batch = 250 * time.Millisecond
+	}
+	return c
+}
+
+// Dedupe returns the events (PCollection of schemas.Event) with every
+// repeat of a (DeviceID, Seq) removed, within cfg.Horizon of event time, and
+// the receipts (Event.AckID, PCollection of string) of the repeats it dropped:
+// a repeat needs no write, so it can be acknowledged at once.
+// It has no false positives: a reading is dropped only if its exact identity
+// passed before. Output is in the global window; element timestamps are those
+// of the batch (the end of its processing-time window); transforms that
+// window by event time restamp from Event.TS.
+//
+// The seen-set lives in Beam state keyed by device, so it lasts as long as
+// the job's state does; a restarted prism job starts empty, and the sinks'
+// deterministic keys absorb what it lets through again.
+func Dedupe(s beam.Scope, events beam.PCollection, cfg Config) (unique, repeatReceipts beam.PCollection) {
+	s = s.Scope("dedupe.Dedupe")
+	cfg = cfg.withDefaults()
+	keyed := beam.ParDo(s, keyByArrival, events)
+	batched := beam.WindowInto(s, window.NewFixedWindows(cfg.Batch), keyed)
+	grouped := beam.ParDo(s, collectBatch, beam.GroupByKey(s, batched))
+	global := beam.WindowInto(s, window.NewGlobalWindows(), grouped)
+	return beam.ParDo2(s, &dedupeFn{
+		HorizonMillis: cfg.Horizon.Milliseconds(),
+		GC:            timers.InEventTime("gc"),
+	}, global)
+}
+
+// keyByArrival keys a reading by device and stamps it with its arrival
+// time, so the batch windows are processing-time batches. Batching on the
+// message's own time would make the GroupByKey drop, as late data, any
+// message that is redelivered after the watermark moved on: a reading whose
+// first delivery failed, or one left unacked by a job that was killed.
+func keyByArrival(e schemas.Event, emit func(beam.EventTime, string, schemas.Event)) {
+	emit(mtime.Now(), e.DeviceID, e)
+}
+
+func collectBatch(device string, events func(*schemas.Event) bool) (string, []schemas.Event) {
+	var batch []schemas.Event
+	var e schemas.Event
+	for events(&e) {
+		batch = append(batch, e)
+	}
+	return device, batch
+}
+
+type dedupeFn struct {
+	HorizonMillis int64
+	Seen          state.Value[SeenSet]
+	GC            timers.EventTime
+
+	unique    beam.Counter
+	duplicate beam.Counter
+}
+
+func (fn *dedupeFn) Setup() {
+	fn.unique = beam.NewCounter("iotpipe.dedupe", "unique")
+	fn.duplicate = beam.NewCounter("iotpipe.dedupe", "duplicates_dropped")
+}
+
+func (fn *dedupeFn) ProcessElement(ctx context.Context, ts beam.EventTime, sp state.Provider, tp timers.Provider, device string, batch []schemas.Event, emit func(schemas.Event), repeat func(string)) error {
+	seen, _, err := fn.Seen.Read(sp)
+	if err != nil {
+		return fmt.Errorf("dedupe: reading seen-set of device %q: %w", device, err)
+	}
+	kept, dups := Filter(&seen, batch, fn.HorizonMillis)
+	for _, e := range kept {
+		emit(e)
+	}
+	for _, a := range dups {
+		if a != "" {
+			repeat(a)
+		}
+	}
+	if err := fn.Seen.Write(sp, seen); err != nil {
+		return fmt.Errorf("dedupe: writing seen-set of device %q: %w", device, err)
+	}
+	// Forget a device that has gone quiet for a whole horizon.
+	fn.GC.Set(tp, ts.ToTime().Add(time.Duration(fn.HorizonMillis)*time.Millisecond), timers.WithNoOutputTimestamp())
+	fn.unique.Inc(ctx, int64(len(kept)))
+	fn.duplicate.Inc(ctx, int64(len(dups)))
+	return nil
+}
+
+func (fn *dedupeFn) OnTimer(ctx context.Context, sp state.Provider, _ timers.Provider, device string, t timers.Context, _ func(schemas.Event), _ func(string)) error {
+	if t.Family != fn.GC.Family {
+		return fmt.Errorf("dedupe: unexpected timer family %q for device %q", t.Family, device)
+	}
+	return fn.Seen.Clear(sp)
+}
+
+// Filter is the plain-Go core of Dedupe: it returns the events of batch whose
+// (DeviceID, Seq) seen has not recorded, in (TS, Seq) order, records them, and
+// prunes what fell out of the horizon; and the AckIDs of the repeats. All
+// events must be of one device.
+func Filter(seen *SeenSet, batch []schemas.Event, horizonMillis int64) (kept []schemas.Event, repeats []string) {
+	sort.Slice(batch, func(i, j int) bool {
+		if batch[i].TS != batch[j].TS {
+			return batch[i].TS < batch[j].TS
+		}
+		return batch[i].Seq < batch[j].Seq
+	})
+	kept = batch[:0:0]
+	for _, e := range batch {
+		if seen.Add(e.Seq, e.TS) {
+			kept = append(kept, e)
+		} else {
+			repeats = append(repeats, e.AckID)
+		}
+	}
+	if newest := seen.NewestTS(); newest > 0 {
+		seen.Prune(newest - horizonMillis)
+	}
+	return kept, repeats
+}

@@ -1,0 +1,91 @@
+package dedupe
+
+import (
+	"math/rand/v2"
+	"testing"
+
+	"github.com/iotpipe/iotpipe/schemas"
+)
+
+func TestSeenSetAdd(t *testing.T) {
+	tests := []struct {
+		name     string
+		seqs     []int64
+		wantNew  []bool
+		wantRuns []Run
+	}{
+		{"in order merges into one run", []int64{1, 2, 3}, []bool{true, true, true}, []Run{{1, 3, 0}}},
+		{"repeat is a duplicate", []int64{5, 5}, []bool{true, false}, []Run{{5, 5, 0}}},
+		{"gap keeps two runs", []int64{1, 3}, []bool{true, true}, []Run{{1, 1, 0}, {3, 3, 0}}},
+		{"filling the gap joins both", []int64{1, 3, 2}, []bool{true, true, true}, []Run{{1, 3, 0}}},
+		{"descending merges", []int64{9, 8, 7}, []bool{true, true, true}, []Run{{7, 9, 0}}},
+		{"inside an existing run", []int64{1, 2, 3, 4, 2}, []bool{true, true, true, true, false}, []Run{{1, 4, 0}}},
+		{"zero is a valid seq", []int64{0, 1, 0}, []bool{true, true, false}, []Run{{0, 1, 0}}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			var s SeenSet
+			for i, q := range tt.seqs {
+				if got := s.Add(q, 0); got != tt.wantNew[i] {
+					t.Fatalf("Add(%d) #%d = %v, want %v (runs %v)", q, i, got, tt.wantNew[i], s.Runs)
+				}
+			}
+			if len(s.Runs) != len(tt.wantRuns) {
+				t.Fatalf("runs = %v, want %v", s.Runs, tt.wantRuns)
+			}
+			for i := range s.Runs {
+				if s.Runs[i] != tt.wantRuns[i] {
+					t.Fatalf("runs = %v, want %v", s.Runs, tt.wantRuns)
+				}
+			}
+		})
+	}
+}
+
+// The seen-set must agree exactly with a plain map on any sequence of seqs:
+// no false positives, no false negatives.
+func TestSeenSetMatchesMap(t *testing.T) {
+	r := rand.New(rand.NewPCG(1, 2))
+	for trial := 0; trial < 200; trial++ {
+		var s SeenSet
+		m := map[int64]bool{}
+		for i := 0; i < 500; i++ {
+			q := r.Int64N(300)
+			if got, want := s.Add(q, 0), !m[q]; got != want {
+				t.Fatalf("trial %d: Add(%d) = %v, map says new=%v", trial, q, got, want)
+			}
+			m[q] = true
+		}
+		for i := 1; i < len(s.Runs); i++ {
+			if s.Runs[i-1].Hi+1 >= s.Runs[i].Lo {
+				t.Fatalf("runs not disjoint and merged: %v", s.Runs)
+			}
+		}
+	}
+}
+
+func TestPruneForgetsOnlyStaleRuns(t *testing.T) {
+	var s SeenSet
+	s.Add(1, 100)
+	s.Add(10, 5000)
+	s.Prune(1000)
+	if !s.Add(1, 6000) {
+		t.Error("seq 1 (event time 100) should be forgotten after pruning at 1000")
+	}
+	if s.Add(10, 6000) {
+		t.Error("seq 10 (event time 5000) must still be remembered")
+	}
+}
+
+func TestFilterKeepsFirstOfEachIdentity(t *testing.T) {
+	var s SeenSet
+	batch := []schemas.Event{{DeviceID: "d", Seq: 2, TS: 20}, {DeviceID: "d", Seq: 1, TS: 10}, {DeviceID: "d", Seq: 2, TS: 20}}
+	kept, dups := Filter(&s, batch, 1000)
+	if len(kept) != 2 || len(dups) != 1 || kept[0].Seq != 1 || kept[1].Seq != 2 {
+		t.Fatalf("Filter = %v, %v repeats; want seqs [1 2] and 1 repeat", kept, dups)
+	}
+	kept, dups = Filter(&s, []schemas.Event{{DeviceID: "d", Seq: 1, TS: 10}, {DeviceID: "d", Seq: 3, TS: 30}}, 1000)
+	if len(kept) != 1 || kept[0].Seq != 3 || len(dups) != 1 {
+		t.Fatalf("second batch = %v, %v repeats; want only seq 3", kept, dups)
+	}
+}
