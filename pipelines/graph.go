@@ -45,8 +45,13 @@ func (c SinkConfig) Validate() error {
 // pubsubsource.Message): parse, drop repeated (device, seq), then write
 // readings and dead letters. It returns the receipts (PCollections of
 // string) of the messages it is done with: written, or dropped as repeats.
-func Graph(s beam.Scope, cfg SinkConfig, msgs beam.PCollection) []beam.PCollection {
+// Dead letters a source found itself (PCollections of schemas.DeadLetter)
+// join the graph's own.
+func Graph(s beam.Scope, cfg SinkConfig, msgs beam.PCollection, sourceDead ...beam.PCollection) []beam.PCollection {
 	events, dead := parse.Parse(s, msgs)
+	if len(sourceDead) > 0 {
+		dead = beam.Flatten(s, append([]beam.PCollection{dead}, sourceDead...)...)
+	}
 	events, repeats := dedupe.Dedupe(s, events, cfg.Dedupe)
 	written := bigtablesink.Write(s.Scope("Telemetry"), bigtablesink.Config{
 		Project: cfg.BigtableProject, Instance: cfg.BigtableInstance,

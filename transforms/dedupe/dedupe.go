@@ -146,11 +146,20 @@ func (fn *dedupeFn) OnTimer(ctx context.Context, sp state.Provider, _ timers.Pro
 // prunes what fell out of the horizon; and the AckIDs of the repeats. All
 // events must be of one device.
 func Filter(seen *SeenSet, batch []schemas.Event, horizonMillis int64) (kept []schemas.Event, repeats []string) {
+	// Of copies of one identity in a batch, the first published is kept, so
+	// a replay of the same messages keeps the same copy.
 	sort.Slice(batch, func(i, j int) bool {
-		if batch[i].TS != batch[j].TS {
-			return batch[i].TS < batch[j].TS
+		a, b := &batch[i], &batch[j]
+		if a.TS != b.TS {
+			return a.TS < b.TS
 		}
-		return batch[i].Seq < batch[j].Seq
+		if a.Seq != b.Seq {
+			return a.Seq < b.Seq
+		}
+		if a.PublishMillis != b.PublishMillis {
+			return a.PublishMillis < b.PublishMillis
+		}
+		return a.MessageID < b.MessageID
 	})
 	kept = batch[:0:0]
 	for _, e := range batch {
