@@ -25,7 +25,7 @@ const project, instance = "p", "i"
 
 // startEmulators starts emulators on free ports with the local resources and
 // points this process's Google clients at them.
-func startEmulators(t *testing.T) *emulators.Emulators {
+func startEmulators(t testing.TB) *emulators.Emulators {
 	t.Helper()
 	emu, err := emulators.Start(emulators.Config{WarehousePath: filepath.Join(t.TempDir(), "w.duckdb")})
 	if err != nil {

@@ -12,9 +12,11 @@ import (
 	"os"
 	"strconv"
 	"sync"
+	"sync/atomic"
 	"syscall"
 
 	"cloud.google.com/go/bigtable/bttest"
+	"cloud.google.com/go/pubsub/v2/apiv1/pubsubpb"
 	"cloud.google.com/go/pubsub/v2/pstest"
 	"github.com/fsouza/fake-gcs-server/fakestorage"
 	"google.golang.org/grpc"
@@ -59,7 +61,8 @@ type Emulators struct {
 	Bigtable *bttest.Server
 	GCS      *fakestorage.Server
 
-	faults writeFaults
+	faults     writeFaults
+	pubsubAcks atomic.Int64
 
 	bigtableListener net.Listener
 	gcsHTTP          *http.Server
@@ -132,7 +135,7 @@ func (e *Emulators) startPubsub(cfg Config) (err error) {
 			err = fmt.Errorf("pubsub emulator: listen %s: %v; pass -pubsub_port to choose another port (0 picks a free one)", addr, r)
 		}
 	}()
-	e.Pubsub = pstest.NewServerWithAddress(addr)
+	e.Pubsub = pstest.NewServerWithAddress(addr, pstest.ServerReactorOption{FuncName: "Acknowledge", Reactor: ackCounter{&e.pubsubAcks}})
 	tcp, err := net.ResolveTCPAddr("tcp", e.Pubsub.Addr)
 	if err != nil {
 		return fmt.Errorf("pubsub emulator: bound address %q: %w", e.Pubsub.Addr, err)
@@ -241,4 +244,20 @@ func advertised(a net.Addr) string {
 		host = "127.0.0.1"
 	}
 	return net.JoinHostPort(host, strconv.Itoa(tcp.Port))
+}
+
+// PubsubAcks counts the ack ids the Pub/Sub emulator was asked to
+// acknowledge, over all subscriptions: a cheap progress signal for load
+// tests, where listing every message would cost more than the work.
+func (e *Emulators) PubsubAcks() int64 { return e.pubsubAcks.Load() }
+
+// ackCounter is a pstest reactor that counts ack ids and lets the
+// emulator handle the call.
+type ackCounter struct{ n *atomic.Int64 }
+
+func (a ackCounter) React(req any) (bool, any, error) {
+	if r, ok := req.(*pubsubpb.AcknowledgeRequest); ok {
+		a.n.Add(int64(len(r.GetAckIds())))
+	}
+	return false, nil, nil
 }

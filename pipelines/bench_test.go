@@ -1,0 +1,116 @@
+package pipelines_test
+
+import (
+	"context"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"testing"
+	"time"
+
+	"github.com/apache/beam/sdks/v2/go/pkg/beam/runners/prism"
+
+	"github.com/iotpipe/iotpipe/pipelines"
+	"github.com/iotpipe/iotpipe/schemas"
+	"github.com/iotpipe/iotpipe/testing/stack"
+)
+
+var (
+	benchEvents  = flag.Int("bench_events", 200_000, "events per run of BenchmarkBackfill")
+	benchBacklog = flag.Int("bench_backlog", 200_000, "backlog size of BenchmarkStreamingBacklog")
+)
+
+// fleetMessage is the i-th message of a simulated fleet of 1,000 devices
+// sending 3 metrics each; every 10th message repeats the one before it (a
+// device retry), so the graph deduplicates too.
+func fleetMessage(i int) (attrs map[string]string, data []byte) {
+	if i%10 == 9 {
+		i--
+	}
+	device := fmt.Sprintf("dev-%04d", i%1000)
+	seq := i / 1000
+	attrs = map[string]string{schemas.AttrDeviceID: device, schemas.AttrRegistryID: "r", schemas.AttrRegistryRegion: "l", schemas.AttrProjectID: project}
+	data = fmt.Appendf(nil, `{"ts":%d,"seq":%d,"metrics":{"temperature":%.1f,"humidity":%d,"battery":%.2f}}`,
+		1700000000000+int64(seq)*1000, seq, 20+float64(i%100)/10, 40+i%20, 3.0+float64(i%50)/100)
+	return attrs, data
+}
+
+// BenchmarkBackfill runs the whole graph in batch on prism over archived
+// events, Bigtable writes to the in-process emulator included.
+func BenchmarkBackfill(b *testing.B) {
+	n := *benchEvents
+	dir := b.TempDir()
+	f, err := os.Create(filepath.Join(dir, "part-0.ndjson"))
+	if err != nil {
+		b.Fatal(err)
+	}
+	for i := 0; i < n; i++ {
+		attrs, data := fleetMessage(i)
+		line, _ := schemas.MarshalArchive(fmt.Sprintf("m%d", i), 1700000000000+int64(i), attrs, data)
+		f.Write(append(line, '\n'))
+	}
+	f.Close()
+	startEmulators(b)
+	b.ResetTimer()
+	for i := 0; i < b.N; i++ {
+		p, err := pipelines.Backfill(pipelines.BackfillConfig{
+			Input: filepath.Join(dir, "*.ndjson"),
+			Sinks: pipelines.SinkConfig{BigtableProject: project, BigtableInstance: instance},
+		})
+		if err != nil {
+			b.Fatal(err)
+		}
+		if _, err := prism.Execute(context.Background(), p); err != nil {
+			b.Fatal(err)
+		}
+	}
+	b.ReportMetric(float64(n)*float64(b.N)/b.Elapsed().Seconds(), "events/s")
+}
+
+// BenchmarkStreamingBacklog publishes a backlog, then starts the streaming
+// job and measures until every message is acknowledged, i.e. written.
+func BenchmarkStreamingBacklog(b *testing.B) {
+	n := *benchBacklog
+	for i := 0; i < b.N; i++ {
+		b.StopTimer()
+		emu := startEmulators(b)
+		topic := fmt.Sprintf("projects/%s/topics/%s", project, stack.EventsTopic)
+		for j := 0; j < n; j++ {
+			attrs, data := fleetMessage(j)
+			emu.Pubsub.Publish(topic, data, attrs)
+		}
+		sv := &pipelines.Supervisor{
+			Config: pipelines.StreamingConfig{
+				Subscription: fmt.Sprintf("projects/%s/subscriptions/%s", project, stack.EventsSubscription),
+				Sinks:        pipelines.SinkConfig{BigtableProject: project, BigtableInstance: instance},
+			},
+			Logger:    slog.New(slog.NewTextHandler(io.Discard, nil)),
+			OnFailure: func(err error) { b.Errorf("streaming job failed: %v", err) },
+		}
+		ctx, cancel := context.WithCancel(context.Background())
+		done := make(chan error, 1)
+		b.StartTimer()
+		start := time.Now()
+		go func() { done <- sv.Run(ctx) }()
+		tick := time.NewTicker(100 * time.Millisecond)
+		for emu.PubsubAcks() < int64(n) {
+			select {
+			case err := <-done:
+				b.Fatalf("streaming job ended early: %v", err)
+			case <-tick.C:
+			}
+			if time.Since(start) > 30*time.Minute {
+				b.Fatalf("backlog of %d not drained in 30 min (%d acked)", n, emu.PubsubAcks())
+			}
+		}
+		tick.Stop()
+		b.StopTimer()
+		b.ReportMetric(float64(n)/time.Since(start).Seconds(), "events/s")
+		cancel()
+		<-done
+		emu.Close()
+	}
+}
