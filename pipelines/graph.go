@@ -79,13 +79,27 @@ func (c StreamingConfig) Validate() error {
 	return c.Sinks.Validate()
 }
 
-// Streaming builds the streaming job: the subscription through Graph.
-func Streaming(cfg StreamingConfig) (*beam.Pipeline, error) {
+// Streaming builds the streaming job for runner ("prism" or "dataflow"):
+// the subscription through Graph. On prism the project's own source reads
+// and the graph acks at its sinks; Dataflow reads with its native Pub/Sub
+// source and acks by itself.
+func Streaming(cfg StreamingConfig, runner string) (*beam.Pipeline, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}
 	p, s := beam.NewPipelineWithRoot()
-	msgs := pubsubsource.Read(s, pubsubsource.Config{Subscription: cfg.Subscription})
-	pubsubsource.Ack(s, cfg.Subscription, Graph(s, cfg.Sinks, msgs)...)
+	switch runner {
+	case "prism":
+		msgs := pubsubsource.Read(s, pubsubsource.Config{Subscription: cfg.Subscription})
+		pubsubsource.Ack(s, cfg.Subscription, Graph(s, cfg.Sinks, msgs)...)
+	case "dataflow":
+		msgs, err := pubsubsource.ReadNative(s, cfg.Subscription)
+		if err != nil {
+			return nil, err
+		}
+		Graph(s, cfg.Sinks, msgs)
+	default:
+		return nil, fmt.Errorf("streaming job: unknown runner %q", runner)
+	}
 	return p, nil
 }

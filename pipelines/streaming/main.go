@@ -5,7 +5,9 @@
 //	    --bigtable_project=p --bigtable_instance=iotpipe
 //
 // Locally it runs on prism (the default; --runner=direct also runs on prism)
-// and honours PUBSUB_EMULATOR_HOST and BIGTABLE_EMULATOR_HOST.
+// and honours PUBSUB_EMULATOR_HOST and BIGTABLE_EMULATOR_HOST. With
+// --runner=dataflow it submits to Dataflow (--project, --region,
+// --staging_location; --dry_run translates the job and prints it, offline).
 package main
 
 import (
@@ -20,6 +22,7 @@ import (
 
 	"github.com/apache/beam/sdks/v2/go/pkg/beam"
 	"github.com/apache/beam/sdks/v2/go/pkg/beam/runners"
+	"github.com/apache/beam/sdks/v2/go/pkg/beam/runners/dataflow"
 
 	"github.com/iotpipe/iotpipe/pipelines"
 )
@@ -49,11 +52,20 @@ func run(cfg pipelines.StreamingConfig, drain time.Duration, logger *slog.Logger
 	if err := cfg.Validate(); err != nil {
 		return err
 	}
-	if runner != "prism" {
-		return fmt.Errorf("--runner=%s: the streaming job runs on prism here; the Dataflow launch path is not built yet", runner)
-	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
+	if runner == "dataflow" {
+		// Dataflow reads its own flags: --project, --region,
+		// --staging_location, --temp_location, --dry_run (translate only).
+		p, err := pipelines.Streaming(cfg, runner)
+		if err != nil {
+			return err
+		}
+		if _, err := dataflow.Execute(ctx, p); err != nil {
+			return fmt.Errorf("submitting to Dataflow: %w", err)
+		}
+		return nil
+	}
 	sv := &pipelines.Supervisor{Config: cfg, Logger: logger, DrainTimeout: drain}
 	return sv.Run(ctx)
 }

@@ -1,0 +1,56 @@
+package main
+
+import (
+	"flag"
+	"io"
+	"log/slog"
+	"os"
+	"testing"
+	"time"
+
+	"github.com/apache/beam/sdks/v2/go/pkg/beam"
+
+	"github.com/iotpipe/iotpipe/pipelines"
+)
+
+func TestMain(m *testing.M) {
+	flag.Parse()
+	beam.Init()
+	os.Exit(m.Run())
+}
+
+// --runner=dataflow --dry_run translates the streaming job offline.
+func TestDataflowDryRun(t *testing.T) {
+	for k, v := range map[string]string{
+		"runner": "dataflow", "dry_run": "true", "project": "p", "region": "us-central1",
+		"staging_location": "gs://b/staging", "temp_location": "gs://b/tmp",
+	} {
+		if err := flag.Set(k, v); err != nil {
+			t.Fatalf("flag %s: %v", k, err)
+		}
+	}
+	cfg := pipelines.StreamingConfig{
+		Subscription: "projects/p/subscriptions/iot-events-pipeline",
+		Sinks:        pipelines.SinkConfig{BigtableProject: "p", BigtableInstance: "iotpipe"},
+	}
+	if err := run(cfg, time.Second, slog.New(slog.NewTextHandler(io.Discard, nil))); err != nil {
+		t.Fatalf("dry run: %v", err)
+	}
+}
+
+func TestBadFlagsFailBeforeAnyJob(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		cfg  pipelines.StreamingConfig
+	}{
+		{"no subscription", pipelines.StreamingConfig{Sinks: pipelines.SinkConfig{BigtableProject: "p", BigtableInstance: "i"}}},
+		{"topic instead of subscription", pipelines.StreamingConfig{Subscription: "projects/p/topics/t", Sinks: pipelines.SinkConfig{BigtableProject: "p", BigtableInstance: "i"}}},
+		{"no bigtable instance", pipelines.StreamingConfig{Subscription: "projects/p/subscriptions/s", Sinks: pipelines.SinkConfig{BigtableProject: "p"}}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			if err := run(tc.cfg, time.Second, slog.New(slog.NewTextHandler(io.Discard, nil))); err == nil {
+				t.Fatal("run accepted a bad configuration")
+			}
+		})
+	}
+}
