@@ -28,7 +28,7 @@ type BackfillConfig struct {
 	// Input is a file glob of archived raw messages (schemas.ArchiveRecord
 	// lines), local or gs://bucket/prefix/dt=2024-01-01/hour=*/*.ndjson.
 	Input string
-	Sinks SinkConfig
+	Graph GraphConfig
 }
 
 // Validate reports the first missing or malformed setting.
@@ -36,20 +36,22 @@ func (c BackfillConfig) Validate() error {
 	if c.Input == "" {
 		return errors.New("--input is empty: give a glob of archived NDJSON files")
 	}
-	return c.Sinks.Validate()
+	return c.Graph.Validate()
 }
 
 // Backfill builds the batch job: the archive through the same Graph as the
 // streaming job. Its writes are idempotent, so re-running a day rewrites the
 // same rows and adds none.
-func Backfill(cfg BackfillConfig) (*beam.Pipeline, error) {
+func Backfill(ctx context.Context, cfg BackfillConfig) (*beam.Pipeline, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}
 	p, s := beam.NewPipelineWithRoot()
 	lines := textio.Read(s.Scope("ReadArchive"), cfg.Input)
 	msgs, dead := beam.ParDo2(s, &archiveFn{}, lines)
-	Graph(s, cfg.Sinks, msgs, dead)
+	if _, err := Graph(ctx, s, cfg.Graph, msgs, dead); err != nil {
+		return nil, err
+	}
 	return p, nil
 }
 

@@ -49,7 +49,7 @@ func TestStreamingAndBackfillWriteTheSameRows(t *testing.T) {
 	sv := &pipelines.Supervisor{
 		Config: pipelines.StreamingConfig{
 			Subscription: fmt.Sprintf("projects/%s/subscriptions/%s", project, stack.EventsSubscription),
-			Sinks:        pipelines.SinkConfig{BigtableProject: project, BigtableInstance: "streamed"},
+			Graph:        pipelines.GraphConfig{BigtableProject: project, BigtableInstance: "streamed"},
 		},
 		Logger:    slog.New(slog.NewTextHandler(io.Discard, nil)),
 		OnFailure: func(err error) { t.Errorf("streaming job failed: %v", err) },
@@ -83,9 +83,9 @@ func TestStreamingAndBackfillWriteTheSameRows(t *testing.T) {
 		t.Fatal(err)
 	}
 	runBackfill := func() {
-		p, err := pipelines.Backfill(pipelines.BackfillConfig{
+		p, err := pipelines.Backfill(context.Background(), pipelines.BackfillConfig{
 			Input: filepath.Join(filepath.Dir(filepath.Dir(dir)), "dt=*", "hour=*", "*.ndjson"),
-			Sinks: pipelines.SinkConfig{BigtableProject: project, BigtableInstance: "backfilled"},
+			Graph: pipelines.GraphConfig{BigtableProject: project, BigtableInstance: "backfilled"},
 		})
 		if err != nil {
 			t.Fatal(err)

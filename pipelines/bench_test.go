@@ -56,9 +56,9 @@ func BenchmarkBackfill(b *testing.B) {
 	startEmulators(b)
 	b.ResetTimer()
 	for i := 0; i < b.N; i++ {
-		p, err := pipelines.Backfill(pipelines.BackfillConfig{
+		p, err := pipelines.Backfill(context.Background(), pipelines.BackfillConfig{
 			Input: filepath.Join(dir, "*.ndjson"),
-			Sinks: pipelines.SinkConfig{BigtableProject: project, BigtableInstance: instance},
+			Graph: pipelines.GraphConfig{BigtableProject: project, BigtableInstance: instance},
 		})
 		if err != nil {
 			b.Fatal(err)
@@ -85,7 +85,7 @@ func BenchmarkStreamingBacklog(b *testing.B) {
 		sv := &pipelines.Supervisor{
 			Config: pipelines.StreamingConfig{
 				Subscription: fmt.Sprintf("projects/%s/subscriptions/%s", project, stack.EventsSubscription),
-				Sinks:        pipelines.SinkConfig{BigtableProject: project, BigtableInstance: instance},
+				Graph:        pipelines.GraphConfig{BigtableProject: project, BigtableInstance: instance},
 			},
 			Logger:    slog.New(slog.NewTextHandler(io.Discard, nil)),
 			OnFailure: func(err error) { b.Errorf("streaming job failed: %v", err) },

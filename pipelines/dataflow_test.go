@@ -17,9 +17,9 @@ import (
 // The Dataflow job is the same graph behind the runner's native Pub/Sub read,
 // translated as a streaming job; none of the prism-only read and ack steps.
 func TestDataflowStreamingJobGraph(t *testing.T) {
-	p, err := pipelines.Streaming(pipelines.StreamingConfig{
+	p, err := pipelines.Streaming(context.Background(), pipelines.StreamingConfig{
 		Subscription: "projects/p/subscriptions/iot-events-pipeline",
-		Sinks:        pipelines.SinkConfig{BigtableProject: "p", BigtableInstance: "iotpipe"},
+		Graph:        pipelines.GraphConfig{BigtableProject: "p", BigtableInstance: "iotpipe"},
 	}, "dataflow")
 	if err != nil {
 		t.Fatal(err)
@@ -56,7 +56,7 @@ func TestDataflowStreamingJobGraph(t *testing.T) {
 	if payload.GetSubscription() != "projects/p/subscriptions/iot-events-pipeline" || !payload.GetWithAttributes() {
 		t.Errorf("native read payload = %v, want the subscription with attributes", &payload)
 	}
-	for _, want := range []string{"parse.Parse", "dedupe.Dedupe", "bigtablesink.Write"} {
+	for _, want := range []string{"validate.Validate", "dedupe.Dedupe", "enrich.Enrich", "aggregate.PerMinute", "alerts.Thresholds", "bigtablesink.Write"} {
 		if !strings.Contains(all, want) {
 			t.Errorf("transform %s missing from the Dataflow graph:\n%s", want, all)
 		}

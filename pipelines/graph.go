@@ -3,6 +3,7 @@
 package pipelines
 
 import (
+	"context"
 	"fmt"
 	"time"
 
@@ -10,28 +11,40 @@ import (
 	"github.com/apache/beam/sdks/v2/go/pkg/beam/register"
 
 	"github.com/iotpipe/iotpipe/schemas"
+	"github.com/iotpipe/iotpipe/transforms/aggregate"
+	"github.com/iotpipe/iotpipe/transforms/alerts"
 	"github.com/iotpipe/iotpipe/transforms/bigtablesink"
 	"github.com/iotpipe/iotpipe/transforms/dedupe"
-	"github.com/iotpipe/iotpipe/transforms/parse"
+	"github.com/iotpipe/iotpipe/transforms/enrich"
 	"github.com/iotpipe/iotpipe/transforms/pubsubsource"
+	"github.com/iotpipe/iotpipe/transforms/validate"
 )
 
 func init() {
 	register.Function1x1(schemas.TelemetryRow)
 	register.Function1x1(schemas.DeadLetterRow)
+	register.Function1x1(schemas.AggregateRow)
+	register.Function1x1(schemas.AlertRow)
 }
 
-// SinkConfig says where the graph writes.
-type SinkConfig struct {
+// GraphConfig tunes the graph's transforms and says where it writes.
+type GraphConfig struct {
+	Validation validate.Config
+	Dedupe     dedupe.Config
+	Aggregate  aggregate.Config
+	Alerts     alerts.Config
+	// Reference is the static reference data (Dataset B), CSV or NDJSON,
+	// local or gs://; empty means none (every device is unknown to the join).
+	Reference string
+
 	BigtableProject  string
 	BigtableInstance string
 	// BigtableWriteTimeout bounds one bundle's Bigtable write, retries included.
 	BigtableWriteTimeout time.Duration
-	Dedupe               dedupe.Config
 }
 
 // Validate reports the first missing or malformed setting.
-func (c SinkConfig) Validate() error {
+func (c GraphConfig) Validate() error {
 	if c.BigtableProject == "" {
 		return fmt.Errorf("bigtable project is empty: set --bigtable_project")
 	}
@@ -42,33 +55,52 @@ func (c SinkConfig) Validate() error {
 }
 
 // Graph applies the shared transforms to raw messages (a PCollection of
-// pubsubsource.Message): parse, drop repeated (device, seq), then write
-// readings and dead letters. It returns the receipts (PCollections of
-// string) of the messages it is done with: written, or dropped as repeats.
-// Dead letters a source found itself (PCollections of schemas.DeadLetter)
-// join the graph's own.
-func Graph(s beam.Scope, cfg SinkConfig, msgs beam.PCollection, sourceDead ...beam.PCollection) []beam.PCollection {
-	events, dead := parse.Parse(s, msgs)
+// pubsubsource.Message): validate, drop repeated (device, seq), write the
+// readings; join the reference data, then write per-minute aggregates and
+// threshold alerts. Dead letters a source found itself (PCollections of
+// schemas.DeadLetter) join the graph's own.
+//
+// It returns the receipts (PCollections of string) of the messages it is
+// done with: every reading written, every dead letter written, every repeat
+// dropped. Aggregates and alerts are derived data and hold no receipt: on a
+// runner without durable state (prism) a crash can lose the open windows,
+// never a reading, and a backfill recomputes them from the archive.
+func Graph(ctx context.Context, s beam.Scope, cfg GraphConfig, msgs beam.PCollection, sourceDead ...beam.PCollection) ([]beam.PCollection, error) {
+	var refs beam.PCollection
+	if cfg.Reference != "" {
+		var err error
+		if refs, err = enrich.Reference(ctx, s, cfg.Reference); err != nil {
+			return nil, err
+		}
+	} else {
+		refs = beam.CreateList(s.Scope("NoReference"), []schemas.Reference{})
+	}
+
+	events, dead := validate.Validate(s, msgs, cfg.Validation)
 	if len(sourceDead) > 0 {
 		dead = beam.Flatten(s, append([]beam.PCollection{dead}, sourceDead...)...)
 	}
 	events, repeats := dedupe.Dedupe(s, events, cfg.Dedupe)
-	written := bigtablesink.Write(s.Scope("Telemetry"), bigtablesink.Config{
-		Project: cfg.BigtableProject, Instance: cfg.BigtableInstance,
-		Table: schemas.TelemetryTable, WriteTimeout: cfg.BigtableWriteTimeout,
-	}, beam.ParDo(s, schemas.TelemetryRow, events))
-	deadWritten := bigtablesink.Write(s.Scope("DeadLetters"), bigtablesink.Config{
-		Project: cfg.BigtableProject, Instance: cfg.BigtableInstance,
-		Table: schemas.DeadLetterTable, WriteTimeout: cfg.BigtableWriteTimeout,
-	}, beam.ParDo(s, schemas.DeadLetterRow, dead))
-	return []beam.PCollection{written, deadWritten, repeats}
+	write := func(name, table string, rows beam.PCollection) beam.PCollection {
+		return bigtablesink.Write(s.Scope(name), bigtablesink.Config{
+			Project: cfg.BigtableProject, Instance: cfg.BigtableInstance,
+			Table: table, WriteTimeout: cfg.BigtableWriteTimeout,
+		}, rows)
+	}
+	written := write("Telemetry", schemas.TelemetryTable, beam.ParDo(s, schemas.TelemetryRow, events))
+	deadWritten := write("DeadLetters", schemas.DeadLetterTable, beam.ParDo(s, schemas.DeadLetterRow, dead))
+
+	enriched := enrich.Enrich(s, events, refs)
+	write("Aggregates", schemas.AggregatesTable, beam.ParDo(s, schemas.AggregateRow, aggregate.PerMinute(s, enriched, cfg.Aggregate)))
+	write("Alerts", schemas.AlertsTable, beam.ParDo(s, schemas.AlertRow, alerts.Thresholds(s, enriched, refs, cfg.Alerts)))
+	return []beam.PCollection{written, deadWritten, repeats}, nil
 }
 
 // StreamingConfig is the streaming job's configuration.
 type StreamingConfig struct {
 	// Subscription is projects/{project}/subscriptions/{id}.
 	Subscription string
-	Sinks        SinkConfig
+	Graph        GraphConfig
 }
 
 // Validate reports the first missing or malformed setting.
@@ -76,14 +108,14 @@ func (c StreamingConfig) Validate() error {
 	if _, err := pubsubsource.ValidateSubscription(c.Subscription); err != nil {
 		return fmt.Errorf("--input_subscription: %w", err)
 	}
-	return c.Sinks.Validate()
+	return c.Graph.Validate()
 }
 
 // Streaming builds the streaming job for runner ("prism" or "dataflow"):
 // the subscription through Graph. On prism the project's own source reads
 // and the graph acks at its sinks; Dataflow reads with its native Pub/Sub
 // source and acks by itself.
-func Streaming(cfg StreamingConfig, runner string) (*beam.Pipeline, error) {
+func Streaming(ctx context.Context, cfg StreamingConfig, runner string) (*beam.Pipeline, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}
@@ -91,13 +123,19 @@ func Streaming(cfg StreamingConfig, runner string) (*beam.Pipeline, error) {
 	switch runner {
 	case "prism":
 		msgs := pubsubsource.Read(s, pubsubsource.Config{Subscription: cfg.Subscription})
-		pubsubsource.Ack(s, cfg.Subscription, Graph(s, cfg.Sinks, msgs)...)
+		receipts, err := Graph(ctx, s, cfg.Graph, msgs)
+		if err != nil {
+			return nil, err
+		}
+		pubsubsource.Ack(s, cfg.Subscription, receipts...)
 	case "dataflow":
 		msgs, err := pubsubsource.ReadNative(s, cfg.Subscription)
 		if err != nil {
 			return nil, err
 		}
-		Graph(s, cfg.Sinks, msgs)
+		if _, err := Graph(ctx, s, cfg.Graph, msgs); err != nil {
+			return nil, err
+		}
 	default:
 		return nil, fmt.Errorf("streaming job: unknown runner %q", runner)
 	}

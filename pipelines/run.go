@@ -73,7 +73,7 @@ func (sv *Supervisor) Run(ctx context.Context) error {
 
 	backoff := time.Second
 	for {
-		p, err := Streaming(sv.Config, "prism")
+		p, err := Streaming(ctx, sv.Config, "prism")
 		if err != nil {
 			return err
 		}

@@ -17,6 +17,7 @@ import (
 	"github.com/iotpipe/iotpipe/schemas"
 	"github.com/iotpipe/iotpipe/testing/emulators"
 	"github.com/iotpipe/iotpipe/testing/stack"
+	"github.com/iotpipe/iotpipe/transforms/validate"
 )
 
 func TestMain(m *testing.M) { ptest.Main(m) }
@@ -80,7 +81,7 @@ func TestStreamingWritesReadingsAndDeadLettersThenDrains(t *testing.T) {
 	sv := &pipelines.Supervisor{
 		Config: pipelines.StreamingConfig{
 			Subscription: fmt.Sprintf("projects/%s/subscriptions/%s", project, stack.EventsSubscription),
-			Sinks:        pipelines.SinkConfig{BigtableProject: project, BigtableInstance: instance},
+			Graph:        pipelines.GraphConfig{BigtableProject: project, BigtableInstance: instance},
 		},
 		Logger: slog.New(slog.NewTextHandler(io.Discard, nil)),
 		OnFailure: func(err error) {
@@ -108,7 +109,7 @@ func TestStreamingWritesReadingsAndDeadLettersThenDrains(t *testing.T) {
 		t.Errorf("humidity cell = %q, want 40", got)
 	}
 	bad := emu.Pubsub.Message(badID)
-	dl := waitRow(t, client.Open(schemas.DeadLetterTable), schemas.DeadLetterKey("parse", bad.PublishTime.UnixMilli(), badID), 10*time.Second)
+	dl := waitRow(t, client.Open(schemas.DeadLetterTable), schemas.DeadLetterKey(validate.Stage, bad.PublishTime.UnixMilli(), badID), 10*time.Second)
 	if got := cellValue(dl, schemas.FamilyDeadLetter, "payload"); got != `{"ts":"yesterday"}` {
 		t.Errorf("dead letter payload = %q", got)
 	}
@@ -155,7 +156,7 @@ func TestStreamingRedeliversWhenBigtableWritesFail(t *testing.T) {
 	sv := &pipelines.Supervisor{
 		Config: pipelines.StreamingConfig{
 			Subscription: fmt.Sprintf("projects/%s/subscriptions/%s", project, stack.EventsSubscription),
-			Sinks:        pipelines.SinkConfig{BigtableProject: project, BigtableInstance: instance, BigtableWriteTimeout: time.Second},
+			Graph:        pipelines.GraphConfig{BigtableProject: project, BigtableInstance: instance, BigtableWriteTimeout: time.Second},
 		},
 		Logger: slog.New(slog.NewTextHandler(io.Discard, nil)),
 		OnFailure: func(error) {

@@ -11,6 +11,10 @@ import (
 const (
 	TelemetryTable  = "telemetry"
 	DeadLetterTable = "deadletter"
+	// AggregatesTable holds per-minute summaries per device and metric.
+	AggregatesTable = "aggregates"
+	// AlertsTable holds threshold alerts.
+	AlertsTable = "alerts"
 	// DevicesTable is the device registry (ingress/registry documents its rows).
 	DevicesTable = "devices"
 )
@@ -24,6 +28,10 @@ const (
 	FamilyEnvelope = "e"
 	// FamilyDeadLetter holds a dead-lettered message and its error.
 	FamilyDeadLetter = "d"
+	// FamilyAggregate holds one window's summary (count, min, max, ...).
+	FamilyAggregate = "a"
+	// FamilyAlert holds one alert.
+	FamilyAlert = "x"
 
 	// Families of DevicesTable. Each column holds one live cell: the
 	// registry replaces a column (delete, then set) in the same atomic
@@ -70,6 +78,12 @@ var BigtableLayout = []BigtableTable{
 	}},
 	{Name: DeadLetterTable, Families: []BigtableFamily{
 		{Name: FamilyDeadLetter, MaxAge: 30 * 24 * time.Hour, MaxVersions: 1},
+	}},
+	{Name: AggregatesTable, Families: []BigtableFamily{
+		{Name: FamilyAggregate, MaxAge: 90 * 24 * time.Hour, MaxVersions: 1},
+	}},
+	{Name: AlertsTable, Families: []BigtableFamily{
+		{Name: FamilyAlert, MaxAge: 30 * 24 * time.Hour, MaxVersions: 1},
 	}},
 	// Registry data lives until deleted: no age limit.
 	{Name: DevicesTable, Families: []BigtableFamily{
@@ -156,4 +170,45 @@ func DeadLetterRow(d DeadLetter) Row {
 		cells = append(cells, Cell{FamilyDeadLetter, "schema_id", ts, []byte(d.SchemaID)})
 	}
 	return Row{Key: DeadLetterKey(d.Stage, d.PublishMillis, d.MessageID), Cells: cells, AckID: d.AckID}
+}
+
+// AggregateKey is the row key of one window's summary of one metric:
+// device, metric, then zero-padded window start, so "one device, one
+// metric, a time range at 1 min resolution" is one contiguous scan.
+func AggregateKey(device, metric string, windowStartMillis int64) string {
+	return fmt.Sprintf("%s#%s#%013d", device, metric, windowStartMillis)
+}
+
+// AggregateRow lays out an aggregate as its Bigtable row. A late pane carries
+// the window's full totals and rewrites the same cells.
+func AggregateRow(a Aggregate) Row {
+	ts := a.WindowStart
+	f := func(v float64) []byte { return []byte(strconv.FormatFloat(v, 'g', -1, 64)) }
+	i := func(v int64) []byte { return []byte(strconv.FormatInt(v, 10)) }
+	b := func(v bool) []byte { return []byte(strconv.FormatBool(v)) }
+	return Row{Key: AggregateKey(a.DeviceID, a.Metric, a.WindowStart), Cells: []Cell{
+		{FamilyAggregate, "count", ts, i(a.Count)},
+		{FamilyAggregate, "min", ts, f(a.Min)},
+		{FamilyAggregate, "max", ts, f(a.Max)},
+		{FamilyAggregate, "sum", ts, f(a.Sum)},
+		{FamilyAggregate, "mean", ts, f(a.Mean)},
+		{FamilyAggregate, "last", ts, f(a.Last)},
+		{FamilyAggregate, "last_ts", ts, i(a.LastTS)},
+		{FamilyAggregate, "window_end", ts, i(a.WindowEnd)},
+		{FamilyAggregate, "late", ts, b(a.Late)},
+		{FamilyAggregate, "buffered", ts, b(a.Buffered)},
+	}}
+}
+
+// AlertRow lays out an alert as its Bigtable row, keyed like the reading
+// that raised it plus the metric.
+func AlertRow(a Alert) Row {
+	ts := a.TS
+	return Row{Key: TelemetryKey(a.DeviceID, a.TS, a.Seq) + "#" + a.Metric, Cells: []Cell{
+		{FamilyAlert, "kind", ts, []byte(a.Kind)},
+		{FamilyAlert, "value", ts, []byte(strconv.FormatFloat(a.Value, 'g', -1, 64))},
+		{FamilyAlert, "threshold", ts, []byte(strconv.FormatFloat(a.Threshold, 'g', -1, 64))},
+		{FamilyAlert, "site", ts, []byte(a.Site)},
+		{FamilyAlert, "owner", ts, []byte(a.Owner)},
+	}}
 }

@@ -1,5 +1,6 @@
 // Package schemas holds iotpipe's data contracts: the telemetry event model and
-// its parsing, the dead-letter record, and the Bigtable layout every writer and reader shares.
+// its parsing, the versioned telemetry JSON Schemas per device class, the
+// dead-letter record, and the Bigtable layout every writer and reader shares.
 package schemas
 
 import (
@@ -51,7 +52,8 @@ type Event struct {
 
 	// DeviceClass names the device's class (attribute deviceClass, set by the
 	// bridge from the registry, or the reference data); SchemaID is the
-	// versioned schema the payload was validated against ("thermostat/1.2").
+	// versioned schema the payload was validated against, its $id
+	// ("iotpipe:telemetry/thermostat/1.1", see TelemetrySchemaID).
 	DeviceClass string
 	SchemaID    string
 	// Enrichment is filled by the reference join.

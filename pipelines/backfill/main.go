@@ -25,9 +25,9 @@ import (
 func main() {
 	var cfg pipelines.BackfillConfig
 	flag.StringVar(&cfg.Input, "input", "", "glob of archived NDJSON files, local or gs://")
-	flag.StringVar(&cfg.Sinks.BigtableProject, "bigtable_project", "", "Bigtable project")
-	flag.StringVar(&cfg.Sinks.BigtableInstance, "bigtable_instance", "", "Bigtable instance")
-	flag.DurationVar(&cfg.Sinks.BigtableWriteTimeout, "bigtable_write_timeout", 30*time.Second, "bound on one bundle's Bigtable write, retries included")
+	flag.StringVar(&cfg.Graph.BigtableProject, "bigtable_project", "", "Bigtable project")
+	flag.StringVar(&cfg.Graph.BigtableInstance, "bigtable_instance", "", "Bigtable instance")
+	flag.DurationVar(&cfg.Graph.BigtableWriteTimeout, "bigtable_write_timeout", 30*time.Second, "bound on one bundle's Bigtable write, retries included")
 	flag.Parse()
 	beam.Init()
 
@@ -46,7 +46,7 @@ func run(cfg pipelines.BackfillConfig, logger *slog.Logger) error {
 	if runner != "prism" {
 		return fmt.Errorf("--runner=%s: the backfill runs on prism here; the Dataflow launch path is not built yet", runner)
 	}
-	p, err := pipelines.Backfill(cfg)
+	p, err := pipelines.Backfill(context.Background(), cfg)
 	if err != nil {
 		return err
 	}

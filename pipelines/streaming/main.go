@@ -30,9 +30,9 @@ import (
 func main() {
 	var cfg pipelines.StreamingConfig
 	flag.StringVar(&cfg.Subscription, "input_subscription", "", "Pub/Sub subscription to read, projects/{project}/subscriptions/{id}")
-	flag.StringVar(&cfg.Sinks.BigtableProject, "bigtable_project", "", "Bigtable project")
-	flag.StringVar(&cfg.Sinks.BigtableInstance, "bigtable_instance", "", "Bigtable instance")
-	flag.DurationVar(&cfg.Sinks.BigtableWriteTimeout, "bigtable_write_timeout", 30*time.Second, "bound on one bundle's Bigtable write, retries included")
+	flag.StringVar(&cfg.Graph.BigtableProject, "bigtable_project", "", "Bigtable project")
+	flag.StringVar(&cfg.Graph.BigtableInstance, "bigtable_instance", "", "Bigtable instance")
+	flag.DurationVar(&cfg.Graph.BigtableWriteTimeout, "bigtable_write_timeout", 30*time.Second, "bound on one bundle's Bigtable write, retries included")
 	drain := flag.Duration("drain_timeout", 30*time.Second, "bound on the drain at shutdown")
 	flag.Parse()
 	beam.Init()
@@ -57,7 +57,7 @@ func run(cfg pipelines.StreamingConfig, drain time.Duration, logger *slog.Logger
 	if runner == "dataflow" {
 		// Dataflow reads its own flags: --project, --region,
 		// --staging_location, --temp_location, --dry_run (translate only).
-		p, err := pipelines.Streaming(cfg, runner)
+		p, err := pipelines.Streaming(ctx, cfg, runner)
 		if err != nil {
 			return err
 		}

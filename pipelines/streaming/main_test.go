@@ -31,7 +31,7 @@ func TestDataflowDryRun(t *testing.T) {
 	}
 	cfg := pipelines.StreamingConfig{
 		Subscription: "projects/p/subscriptions/iot-events-pipeline",
-		Sinks:        pipelines.SinkConfig{BigtableProject: "p", BigtableInstance: "iotpipe"},
+		Graph:        pipelines.GraphConfig{BigtableProject: "p", BigtableInstance: "iotpipe"},
 	}
 	if err := run(cfg, time.Second, slog.New(slog.NewTextHandler(io.Discard, nil))); err != nil {
 		t.Fatalf("dry run: %v", err)
@@ -43,9 +43,9 @@ func TestBadFlagsFailBeforeAnyJob(t *testing.T) {
 		name string
 		cfg  pipelines.StreamingConfig
 	}{
-		{"no subscription", pipelines.StreamingConfig{Sinks: pipelines.SinkConfig{BigtableProject: "p", BigtableInstance: "i"}}},
-		{"topic instead of subscription", pipelines.StreamingConfig{Subscription: "projects/p/topics/t", Sinks: pipelines.SinkConfig{BigtableProject: "p", BigtableInstance: "i"}}},
-		{"no bigtable instance", pipelines.StreamingConfig{Subscription: "projects/p/subscriptions/s", Sinks: pipelines.SinkConfig{BigtableProject: "p"}}},
+		{"no subscription", pipelines.StreamingConfig{Graph: pipelines.GraphConfig{BigtableProject: "p", BigtableInstance: "i"}}},
+		{"topic instead of subscription", pipelines.StreamingConfig{Subscription: "projects/p/topics/t", Graph: pipelines.GraphConfig{BigtableProject: "p", BigtableInstance: "i"}}},
+		{"no bigtable instance", pipelines.StreamingConfig{Subscription: "projects/p/subscriptions/s", Graph: pipelines.GraphConfig{BigtableProject: "p"}}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			if err := run(tc.cfg, time.Second, slog.New(slog.NewTextHandler(io.Discard, nil))); err == nil {

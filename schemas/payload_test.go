@@ -1,0 +1,68 @@
+package schemas
+
+import (
+	"reflect"
+	"strings"
+	"testing"
+)
+
+func TestEventFromPayload(t *testing.T) {
+	attrs := map[string]string{AttrDeviceID: "d1", AttrRegistryID: "r", AttrRegistryRegion: "l", AttrProjectID: "p", AttrSubFolder: "x", AttrDeviceClass: "thermostat"}
+	tests := []struct {
+		name    string
+		data    string
+		attrs   map[string]string
+		wantErr string
+	}{
+		{name: "good", data: `{"ts":1700000000000,"seq":1,"metrics":{"temperature":21.5}}`, attrs: attrs},
+		{name: "buffered", data: `{"ts":1700000000000,"seq":2,"metrics":{"t":1},"buffered":true}`, attrs: attrs},
+		{name: "largest exact seq", data: `{"ts":1700000000000,"seq":9007199254740991,"metrics":{"t":1}}`, attrs: attrs},
+		{name: "not json", data: `hello`, attrs: attrs, wantErr: "payload is not JSON"},
+		{name: "array", data: `[1,2]`, attrs: attrs, wantErr: "payload is a JSON array, not an object"},
+		{name: "null", data: `null`, attrs: attrs, wantErr: "payload is a JSON null, not an object"},
+		{name: "trailing", data: `{"ts":1,"seq":1,"metrics":{"t":1}} {}`, attrs: attrs, wantErr: "payload is not JSON"},
+		{name: "trailing brace", data: `{"ts":1,"seq":1,"metrics":{"t":1}} }`, attrs: attrs, wantErr: "payload is not JSON"},
+		{name: "number overflow", data: `{"ts":1,"seq":1,"metrics":{"t":1e400}}`, attrs: attrs, wantErr: "payload is not JSON"},
+		{name: "oversized", data: `{"pad":"` + strings.Repeat("x", MaxTelemetryBytes) + `"}`, attrs: attrs, wantErr: "telemetry limit"},
+		{name: "no ts", data: `{"seq":1,"metrics":{"t":1}}`, attrs: attrs, wantErr: `no "ts"`},
+		{name: "zero ts", data: `{"ts":0,"seq":1,"metrics":{"t":1}}`, attrs: attrs, wantErr: "ts is 0; want an integer in [1, 9007199254740991]"},
+		{name: "fractional ts", data: `{"ts":1.5,"seq":1,"metrics":{"t":1}}`, attrs: attrs, wantErr: "ts is 1.5"},
+		{name: "string ts", data: `{"ts":"1","seq":1,"metrics":{"t":1}}`, attrs: attrs, wantErr: "ts is a string, not an integer"},
+		{name: "no seq", data: `{"ts":1,"metrics":{"t":1}}`, attrs: attrs, wantErr: `no "seq"`},
+		{name: "negative seq", data: `{"ts":1,"seq":-1,"metrics":{"t":1}}`, attrs: attrs, wantErr: "seq is -1"},
+		{name: "seq beyond 2^53", data: `{"ts":1,"seq":9007199254740993,"metrics":{"t":1}}`, attrs: attrs, wantErr: "seq is 9.007199254740992e+15"},
+		{name: "no metrics", data: `{"ts":1,"seq":1,"metrics":{}}`, attrs: attrs, wantErr: "no metrics object"},
+		{name: "metrics not an object", data: `{"ts":1,"seq":1,"metrics":[1]}`, attrs: attrs, wantErr: "no metrics object"},
+		{name: "string metric", data: `{"ts":1,"seq":1,"metrics":{"t":"hot"}}`, attrs: attrs, wantErr: `metric "t" is a string, not a number`},
+		{name: "empty metric name", data: `{"ts":1,"seq":1,"metrics":{"":1}}`, attrs: attrs, wantErr: "empty name"},
+		{name: "buffered not bool", data: `{"ts":1,"seq":1,"metrics":{"t":1},"buffered":1}`, attrs: attrs, wantErr: "buffered is a number"},
+		{name: "no device attribute", data: `{"ts":1,"seq":1,"metrics":{"t":1}}`, attrs: map[string]string{}, wantErr: "no deviceId attribute"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			doc, err := DecodePayload([]byte(tt.data))
+			var e Event
+			if err == nil {
+				e, err = EventFromPayload(doc, tt.attrs)
+			}
+			if tt.wantErr != "" {
+				if err == nil || !strings.Contains(err.Error(), tt.wantErr) {
+					t.Fatalf("payload %.60q: error = %v, want one containing %q", tt.data, err, tt.wantErr)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatalf("payload %q: %v", tt.data, err)
+			}
+			// A good payload gives the Event ParseEvent gives.
+			want, err := ParseEvent([]byte(tt.data), tt.attrs)
+			if err != nil {
+				t.Fatalf("ParseEvent(%q): %v", tt.data, err)
+			}
+			want.DeviceClass = "" // EventFromPayload leaves the class to the validator
+			if !reflect.DeepEqual(e, want) {
+				t.Errorf("EventFromPayload(%q) = %+v\nParseEvent gives %+v", tt.data, e, want)
+			}
+		})
+	}
+}
