@@ -2,8 +2,9 @@
 // protocol on a mochi-mqtt broker whose hooks admit devices and forward their messages to Pub/Sub.
 //
 // Each feature is one mochi hook: dialectHook (what IoT Core's MQTT refuses),
-// identityHook (client id and credentials), aclHook (which topics a device
-// may use) and forwardHook (Pub/Sub, with PUBACK after Pub/Sub confirmed).
+// identityHook (client id and credentials), expiryHook (closes a connection
+// when its credentials expire), aclHook (which topics a device may use) and
+// forwardHook (Pub/Sub, with PUBACK after Pub/Sub confirmed).
 // Device auth, registry, config, commands and rate limits are meant to arrive
 // the same way; see each hook's comment for the ordering rules mochi imposes.
 package mqttbridge
@@ -14,6 +15,7 @@ import (
 	"log/slog"
 	"net"
 	"sync"
+	"time"
 
 	mqtt "github.com/mochi-mqtt/server/v2"
 	"github.com/mochi-mqtt/server/v2/packets"
@@ -24,6 +26,10 @@ import (
 
 // DefaultMQTTAddr is where the bridge listens when Config.MQTTAddr is empty.
 const DefaultMQTTAddr = "127.0.0.1:1883"
+
+// DefaultExpiryGrace is Config.ExpiryGrace when zero: IoT Core's allowance
+// for clock skew between devices and the cloud.
+const DefaultExpiryGrace = 10 * time.Minute
 
 // maxPacketSize bounds what mochi reads into memory for one packet: IoT
 // Core's 256 KB telemetry limit plus room for the topic and properties.
@@ -43,6 +49,9 @@ type Config struct {
 	// MQTTAddr is the TCP address to listen on; DefaultMQTTAddr if empty.
 	// Port 0 picks a free port (see Bridge.Addr).
 	MQTTAddr string
+	// ExpiryGrace is how long after its credentials expire (Device.Expiry)
+	// a device stays connected; DefaultExpiryGrace when zero.
+	ExpiryGrace time.Duration
 }
 
 // Bridge is a running (or ready) MQTT front end.
@@ -53,30 +62,46 @@ type Bridge struct {
 	listener *tcpListener
 	forward  *forwardHook
 	disc     disconnector
+	open     bool // the Authenticator admits anyone: loopback only
 
 	mu      sync.Mutex
 	started bool
 	closed  bool
 }
 
-// New checks cfg and builds a bridge that publishes through pub. It does not
-// listen yet; see Start. A nil logger means slog.Default().
+// New checks cfg and builds a bridge that publishes through pub and admits
+// every device of the registry (AllowAll), so it listens on loopback only.
+// It does not listen yet; see Start. A nil logger means slog.Default().
 func New(cfg Config, pub *publisher.Publisher, logger *slog.Logger) (*Bridge, error) {
+	return NewWithAuth(cfg, pub, AllowAll{}, logger)
+}
+
+// NewWithAuth is New with auth deciding which devices may connect. Unless
+// auth is AllowAll, the bridge may listen on any address.
+func NewWithAuth(cfg Config, pub *publisher.Publisher, auth Authenticator, logger *slog.Logger) (*Bridge, error) {
 	if cfg.MQTTAddr == "" {
 		cfg.MQTTAddr = DefaultMQTTAddr
 	}
-	if err := cfg.Validate(); err != nil {
+	if auth == nil {
+		return nil, errors.New("mqttbridge: nil Authenticator")
+	}
+	if err := cfg.ValidateFor(auth); err != nil {
 		return nil, err
 	}
 	if pub == nil {
 		return nil, errors.New("mqttbridge: nil publisher")
 	}
-	return newBridge(cfg, pub, AllowAll{}, logger)
+	return newBridge(cfg, pub, auth, logger)
 }
 
-// Validate reports the first problem with cfg, so that main can refuse bad
-// flags before it connects to Pub/Sub. New calls it too.
-func (cfg Config) Validate() error {
+// Validate reports the first problem with cfg for a bridge built by New, so
+// that main can refuse bad flags before it connects to Pub/Sub.
+func (cfg Config) Validate() error { return cfg.ValidateFor(AllowAll{}) }
+
+// ValidateFor reports the first problem with cfg for a bridge that admits
+// devices with auth: only with AllowAll must the address be loopback.
+// NewWithAuth calls it.
+func (cfg Config) ValidateFor(auth Authenticator) error {
 	if cfg.MQTTAddr == "" {
 		cfg.MQTTAddr = DefaultMQTTAddr
 	}
@@ -93,10 +118,15 @@ func (cfg Config) Validate() error {
 		return fmt.Errorf("mqttbridge: config: registry projects/%s/locations/%s/registries/%s: %w",
 			cfg.Project, cfg.Location, cfg.Registry, err)
 	}
-	// Until device JWTs are verified anyone who reaches the port can publish
+	if cfg.ExpiryGrace < 0 {
+		return fmt.Errorf("mqttbridge: config: negative ExpiryGrace %v", cfg.ExpiryGrace)
+	}
+	// Without device authentication anyone who reaches the port can publish
 	// as any device, so the port must not be reachable from elsewhere.
-	if err := requireLoopback(cfg.MQTTAddr); err != nil {
-		return fmt.Errorf("mqttbridge: config: MQTTAddr: %w", err)
+	if unauthenticated(auth) {
+		if err := requireLoopback(cfg.MQTTAddr); err != nil {
+			return fmt.Errorf("mqttbridge: config: MQTTAddr: %w", err)
+		}
 	}
 	return nil
 }
@@ -114,12 +144,15 @@ func requireLoopback(addr string) error {
 	if ip := net.ParseIP(host); ip != nil && ip.IsLoopback() {
 		return nil
 	}
-	return fmt.Errorf("address %q is not loopback: devices are not authenticated yet, so the bridge listens only on 127.0.0.1, ::1 or localhost", addr)
+	return fmt.Errorf("address %q is not loopback: devices are not authenticated (AllowAll), so the bridge listens only on 127.0.0.1, ::1 or localhost", addr)
 }
 
 func newBridge(cfg Config, pub eventPublisher, auth Authenticator, logger *slog.Logger) (*Bridge, error) {
 	if logger == nil {
 		logger = slog.Default()
+	}
+	if cfg.ExpiryGrace == 0 {
+		cfg.ExpiryGrace = DefaultExpiryGrace
 	}
 	mochiLogger := logger.With("component", "mochi")
 	logger = logger.With("component", "mqttbridge")
@@ -154,6 +187,7 @@ func newBridge(cfg Config, pub eventPublisher, auth Authenticator, logger *slog.
 	hooks := []mqtt.Hook{
 		&dialectHook{disc: disc, log: logger.With("hook", "iotcore-dialect")},
 		&identityHook{registry: registry, auth: auth, devices: devices, log: logger.With("hook", "iotcore-identity")},
+		&expiryHook{grace: cfg.ExpiryGrace, devices: devices, disc: disc, log: logger.With("hook", "credential-expiry")},
 		&aclHook{devices: devices, disc: disc, log: logger.With("hook", "iotcore-acl")},
 		forward,
 	}
@@ -163,7 +197,7 @@ func newBridge(cfg Config, pub eventPublisher, auth Authenticator, logger *slog.
 		}
 	}
 	return &Bridge{
-		cfg: cfg, log: logger, server: server, forward: forward, disc: disc,
+		cfg: cfg, log: logger, server: server, forward: forward, disc: disc, open: unauthenticated(auth),
 		listener: newTCPListener("mqtt", cfg.MQTTAddr),
 	}, nil
 }
@@ -181,17 +215,29 @@ func (b *Bridge) Start() error {
 	}
 	b.started = true // from here on Close must close the listener
 	// The name may have resolved to something else; check what was bound.
-	if err := requireLoopback(b.listener.Address()); err != nil {
-		b.closeLocked()
-		return fmt.Errorf("mqttbridge: bound %s: %w", b.cfg.MQTTAddr, err)
+	if b.open {
+		if err := requireLoopback(b.listener.Address()); err != nil {
+			b.closeLocked()
+			return fmt.Errorf("mqttbridge: bound %s: %w", b.cfg.MQTTAddr, err)
+		}
 	}
 	if err := b.server.Serve(); err != nil {
 		b.closeLocked()
 		return fmt.Errorf("mqttbridge: serve: %w", err)
 	}
-	b.log.Warn("devices are NOT authenticated (no JWT check yet): any client id of the registry is accepted; listening on loopback only",
-		"addr", b.listener.Address(),
-		"registry", fmt.Sprintf("projects/%s/locations/%s/registries/%s", b.cfg.Project, b.cfg.Location, b.cfg.Registry))
+	registry := fmt.Sprintf("projects/%s/locations/%s/registries/%s", b.cfg.Project, b.cfg.Location, b.cfg.Registry)
+	switch {
+	case b.open:
+		b.log.Warn("devices are NOT authenticated (AllowAll): any client id of the registry is accepted; listening on loopback only",
+			"addr", b.listener.Address(), "registry", registry)
+	case requireLoopback(b.listener.Address()) != nil:
+		// The bridge has no TLS listener yet: a token read off the wire is
+		// good until it expires.
+		b.log.Warn("devices are authenticated, but over plain TCP on a non-loopback address: their JWTs travel unencrypted; put a TLS terminator in front",
+			"addr", b.listener.Address(), "registry", registry)
+	default:
+		b.log.Info("devices are authenticated", "addr", b.listener.Address(), "registry", registry)
+	}
 	return nil
 }
 

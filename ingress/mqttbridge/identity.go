@@ -18,6 +18,10 @@ import (
 type Device struct {
 	Path  iotcore.DevicePath
 	NumID string // the registry's numeric id; empty until the registry exists
+	// Expiry is when the credentials the device connected with expire (a
+	// JWT's exp); the bridge closes the connection Config.ExpiryGrace
+	// later. Zero means they do not expire.
+	Expiry time.Time
 }
 
 // Authenticator checks the credentials a device presents at CONNECT (IoT
@@ -28,10 +32,19 @@ type Authenticator interface {
 	Authenticate(ctx context.Context, dev iotcore.DevicePath, password []byte) (Device, error)
 }
 
-// AllowAll is the Authenticator used until device JWTs are verified: it
-// accepts every device of the registry whatever its password. A bridge that
-// uses it listens on loopback only.
+// AllowAll is the Authenticator of New: it accepts every device of the
+// registry whatever its password. A bridge that uses it listens on loopback
+// only; NewWithAuth takes a real one (ingress/jwtauth).
 type AllowAll struct{}
+
+// unauthenticated reports whether auth lets anyone in.
+func unauthenticated(auth Authenticator) bool {
+	switch auth.(type) {
+	case AllowAll, *AllowAll:
+		return true
+	}
+	return false
+}
 
 // Authenticate returns dev's record without checking password.
 func (AllowAll) Authenticate(_ context.Context, dev iotcore.DevicePath, _ []byte) (Device, error) {
