@@ -102,6 +102,9 @@ func BenchmarkStreamingBacklog(b *testing.B) {
 				b.Fatalf("streaming job ended early: %v", err)
 			case <-tick.C:
 			}
+			if os.Getenv("BENCH_DEBUG") != "" {
+				fmt.Fprintf(os.Stderr, "%v acked %d\n", time.Since(start).Round(time.Millisecond), emu.PubsubAcks())
+			}
 			if time.Since(start) > 30*time.Minute {
 				b.Fatalf("backlog of %d not drained in 30 min (%d acked)", n, emu.PubsubAcks())
 			}

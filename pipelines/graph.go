@@ -66,16 +66,12 @@ func (c GraphConfig) Validate() error {
 // runner without durable state (prism) a crash can lose the open windows,
 // never a reading, and a backfill recomputes them from the archive.
 func Graph(ctx context.Context, s beam.Scope, cfg GraphConfig, msgs beam.PCollection, sourceDead ...beam.PCollection) ([]beam.PCollection, error) {
-	var refs beam.PCollection
 	if cfg.Reference != "" {
-		var err error
-		if refs, err = enrich.Reference(ctx, s, cfg.Reference); err != nil {
+		// Fail at start on a missing or malformed file, not in every worker.
+		if _, err := enrich.LoadIndex(ctx, cfg.Reference); err != nil {
 			return nil, err
 		}
-	} else {
-		refs = beam.CreateList(s.Scope("NoReference"), []schemas.Reference{})
 	}
-
 	events, dead := validate.Validate(s, msgs, cfg.Validation)
 	if len(sourceDead) > 0 {
 		dead = beam.Flatten(s, append([]beam.PCollection{dead}, sourceDead...)...)
@@ -90,9 +86,9 @@ func Graph(ctx context.Context, s beam.Scope, cfg GraphConfig, msgs beam.PCollec
 	written := write("Telemetry", schemas.TelemetryTable, beam.ParDo(s, schemas.TelemetryRow, events))
 	deadWritten := write("DeadLetters", schemas.DeadLetterTable, beam.ParDo(s, schemas.DeadLetterRow, dead))
 
-	enriched := enrich.Enrich(s, events, refs)
+	enriched := enrich.Enrich(s, events, cfg.Reference)
 	write("Aggregates", schemas.AggregatesTable, beam.ParDo(s, schemas.AggregateRow, aggregate.PerMinute(s, enriched, cfg.Aggregate)))
-	write("Alerts", schemas.AlertsTable, beam.ParDo(s, schemas.AlertRow, alerts.Thresholds(s, enriched, refs, cfg.Alerts)))
+	write("Alerts", schemas.AlertsTable, beam.ParDo(s, schemas.AlertRow, alerts.Thresholds(s, enriched, cfg.Reference, cfg.Alerts)))
 	return []beam.PCollection{written, deadWritten, repeats}, nil
 }
 

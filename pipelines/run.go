@@ -73,6 +73,7 @@ func (sv *Supervisor) Run(ctx context.Context) error {
 
 	backoff := time.Second
 	for {
+		pubsubsource.ResetFlow(sub)
 		p, err := Streaming(ctx, sv.Config, "prism")
 		if err != nil {
 			return err

@@ -16,11 +16,9 @@ import (
 )
 
 func init() {
-	register.DoFn4x1[context.Context, schemas.Event, func(*schemas.Reference) bool, func(schemas.Alert), error](&checkFn{})
-	register.Iter1[schemas.Reference]()
+	register.DoFn3x0[context.Context, schemas.Event, func(schemas.Alert)](&checkFn{})
 	register.Emitter1[schemas.Alert]()
 	beam.RegisterType(reflect.TypeOf((*schemas.Event)(nil)).Elem())
-	beam.RegisterType(reflect.TypeOf((*schemas.Reference)(nil)).Elem())
 	beam.RegisterType(reflect.TypeOf((*schemas.Alert)(nil)).Elem())
 }
 
@@ -36,27 +34,29 @@ type Config struct {
 }
 
 // Thresholds checks events (a PCollection of schemas.Event, normally after
-// enrich.Enrich) against the thresholds of their device in refs (a
-// PCollection of schemas.Reference in the global window, read as a side
-// input once per DoFn instance) and returns a PCollection of schemas.Alert:
+// enrich.Enrich) against the thresholds of their device in the reference
+// data at referencePath (see enrich.LoadReference) and returns a
+// PCollection of schemas.Alert:
 // one per metric above its Max ("above_max") or below its Min ("below_min").
 //
 // Only real-time readings alert. Buffered replays, readings older than their
 // publish time by more than cfg.MaxAge, readings without a publish time and
-// devices missing from refs are skipped and counted by reason as
+// devices missing from the reference data are skipped and counted by reason as
 // iotpipe.alerts/skipped_<reason>; alerts raised are counted as
 // iotpipe.alerts/alerts_raised.
-func Thresholds(s beam.Scope, events, refs beam.PCollection, cfg Config) beam.PCollection {
+//
+// Like enrich.Enrich, every worker loads the reference data once, in Setup.
+func Thresholds(s beam.Scope, events beam.PCollection, referencePath string, cfg Config) beam.PCollection {
 	s = s.Scope("alerts.Thresholds")
-	enrich.RequireGlobal(refs, "alerts.Thresholds")
 	if cfg.MaxAge <= 0 {
 		cfg.MaxAge = DefaultMaxAge
 	}
-	return beam.ParDo(s, &checkFn{MaxAgeMillis: cfg.MaxAge.Milliseconds()}, events, beam.SideInput{Input: refs})
+	return beam.ParDo(s, &checkFn{ReferencePath: referencePath, MaxAgeMillis: cfg.MaxAge.Milliseconds()}, events)
 }
 
 type checkFn struct {
-	MaxAgeMillis int64
+	ReferencePath string
+	MaxAgeMillis  int64
 
 	checker *Checker
 	buf     []schemas.Alert
@@ -64,27 +64,26 @@ type checkFn struct {
 	skipped map[string]beam.Counter
 }
 
-func (fn *checkFn) Setup() {
+func (fn *checkFn) Setup(ctx context.Context) error {
+	ix, err := enrich.LoadIndex(ctx, fn.ReferencePath)
+	if err != nil {
+		return fmt.Errorf("alerts: %w", err)
+	}
+	fn.checker = &Checker{Index: ix, MaxAge: time.Duration(fn.MaxAgeMillis) * time.Millisecond}
 	fn.raised = beam.NewCounter("iotpipe.alerts", "alerts_raised")
 	fn.skipped = make(map[string]beam.Counter, len(SkipReasons))
 	for _, r := range SkipReasons {
 		fn.skipped[r] = beam.NewCounter("iotpipe.alerts", "skipped_"+r)
 	}
+	return nil
 }
 
-func (fn *checkFn) ProcessElement(ctx context.Context, e schemas.Event, refs func(*schemas.Reference) bool, emit func(schemas.Alert)) error {
-	if fn.checker == nil {
-		ix, err := enrich.ReadIndex(refs)
-		if err != nil {
-			return fmt.Errorf("alerts: %w", err)
-		}
-		fn.checker = &Checker{Index: ix, MaxAge: time.Duration(fn.MaxAgeMillis) * time.Millisecond}
-	}
+func (fn *checkFn) ProcessElement(ctx context.Context, e schemas.Event, emit func(schemas.Alert)) {
 	var skip string
 	fn.buf, skip = fn.checker.Check(fn.buf[:0], e)
 	if skip != "" {
 		fn.skipped[skip].Inc(ctx, 1)
-		return nil
+		return
 	}
 	for _, a := range fn.buf {
 		emit(a)
@@ -92,5 +91,4 @@ func (fn *checkFn) ProcessElement(ctx context.Context, e schemas.Event, refs fun
 	if len(fn.buf) > 0 {
 		fn.raised.Inc(ctx, int64(len(fn.buf)))
 	}
-	return nil
 }

@@ -2,6 +2,8 @@ package alerts
 
 import (
 	"fmt"
+	"os"
+	"path/filepath"
 	"reflect"
 	"testing"
 	"time"
@@ -119,7 +121,7 @@ func TestThresholds(t *testing.T) {
 		reading("ghost", 7, map[string]float64{"temperature": 1e6}),
 		b, old,
 	)
-	r := beam.CreateList(s, refs())
+	r := refsFile(t)
 	// As in the pipeline: enrich first, then alert.
 	alerts := Thresholds(s, enrich.Enrich(s, events, r), r, Config{})
 	passert.Equals(s, beam.ParDo(s, alertSummary, alerts),
@@ -140,8 +142,7 @@ func TestThresholds(t *testing.T) {
 }
 
 // TestThresholdsStreaming runs the enrich → alert path on an unbounded
-// TestStream, the shape of the streaming job: the reference side input is
-// bounded and globally windowed while the events are not.
+// TestStream, the shape of the streaming job.
 func TestThresholdsStreaming(t *testing.T) {
 	c := teststream.NewConfig()
 	for _, err := range []error{
@@ -156,7 +157,7 @@ func TestThresholdsStreaming(t *testing.T) {
 	}
 	p, s := beam.NewPipelineWithRoot()
 	events := teststream.Create(s, c) // a TestStream must be the pipeline's first transform
-	r := beam.CreateList(s, refs())
+	r := refsFile(t)
 	alerts := Thresholds(s, enrich.Enrich(s, events, r), r, Config{})
 	passert.Equals(s, beam.ParDo(s, alertSummary, alerts),
 		"d1#1 temperature=45 above_max 40 site=plant-a owner=ops",
@@ -214,4 +215,19 @@ func BenchmarkCheck(b *testing.B) {
 	if b.N >= 50 && raised == 0 {
 		b.Fatal("no alert raised")
 	}
+}
+
+// refsFile writes refs() as an NDJSON reference file and returns its path.
+func refsFile(t *testing.T) string {
+	t.Helper()
+	path := filepath.Join(t.TempDir(), "refs.ndjson")
+	f, err := os.Create(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	if err := enrich.WriteNDJSON(f, refs()); err != nil {
+		t.Fatal(err)
+	}
+	return path
 }

@@ -10,8 +10,8 @@ import (
 	"time"
 
 	"github.com/apache/beam/sdks/v2/go/pkg/beam"
-	"github.com/apache/beam/sdks/v2/go/pkg/beam/core/graph/mtime"
 	"github.com/apache/beam/sdks/v2/go/pkg/beam/core/graph/window"
+	"github.com/apache/beam/sdks/v2/go/pkg/beam/core/graph/window/trigger"
 	"github.com/apache/beam/sdks/v2/go/pkg/beam/core/state"
 	"github.com/apache/beam/sdks/v2/go/pkg/beam/core/timers"
 	"github.com/apache/beam/sdks/v2/go/pkg/beam/register"
@@ -20,8 +20,7 @@ import (
 )
 
 func init() {
-	register.Function2x0(keyByArrival)
-	register.Emitter3[beam.EventTime, string, schemas.Event]()
+	register.Function1x2(keyByDevice)
 	register.Function2x2(collectBatch)
 	register.DoFn8x1[context.Context, beam.EventTime, state.Provider, timers.Provider, string, []schemas.Event, func(schemas.Event), func(string), error](&dedupeFn{})
 	register.Emitter1[schemas.Event]()
@@ -36,8 +35,8 @@ type Config struct {
 	// Horizon is how long, in event time, a (device, seq) is remembered
 	// (default 24 h).
 	Horizon time.Duration
-	// Batch is the processing window that groups a device's readings before
-	// its state is touched (default 250 ms). State is read and written once
+	// Batch is how long, in processing time, a device's readings gather
+	// before its state is touched (default 250 ms). State is read and written once
 	// per device per batch, never per reading: per-element state collapses on
 	// prism under a backlog (DESIGN.md).
 	Batch time.Duration
@@ -58,9 +57,8 @@ func (c Config) withDefaults() Config {
 // the receipts (Event.AckID, PCollection of string) of the repeats it dropped:
 // a repeat needs no write, so it can be acknowledged at once.
 // It has no false positives: a reading is dropped only if its exact identity
-// passed before. Output is in the global window; element timestamps are those
-// of the batch (the end of its processing-time window); transforms that
-// window by event time restamp from Event.TS.
+// passed before. Output is in the global window, timestamped at its end;
+// transforms that window by event time restamp from Event.TS.
 //
 // The seen-set lives in Beam state keyed by device, so it lasts as long as
 // the job's state does; a restarted prism job starts empty, and the sinks'
@@ -68,24 +66,31 @@ func (c Config) withDefaults() Config {
 func Dedupe(s beam.Scope, events beam.PCollection, cfg Config) (unique, repeatReceipts beam.PCollection) {
 	s = s.Scope("dedupe.Dedupe")
 	cfg = cfg.withDefaults()
-	keyed := beam.ParDo(s, keyByArrival, events)
-	batched := beam.WindowInto(s, window.NewFixedWindows(cfg.Batch), keyed)
+	keyed := beam.ParDo(s, keyByDevice, events)
+	// Batches close on processing time, or at a size cap under a backlog,
+	// never on the watermark: a redelivered message, or a backlog read while
+	// the watermark holds at its oldest publish time, must neither be dropped
+	// as late nor wait for the watermark.
+	batched := beam.WindowInto(s, window.NewGlobalWindows(), keyed,
+		beam.Trigger(trigger.Repeat(trigger.AfterAny([]trigger.Trigger{
+			trigger.AfterProcessingTime().PlusDelay(cfg.Batch),
+			trigger.AfterCount(maxBatch),
+		}))),
+		beam.PanesDiscard())
 	grouped := beam.ParDo(s, collectBatch, beam.GroupByKey(s, batched))
-	global := beam.WindowInto(s, window.NewGlobalWindows(), grouped)
-	return beam.ParDo2(s, &dedupeFn{
+	unique, repeatReceipts = beam.ParDo2(s, &dedupeFn{
 		HorizonMillis: cfg.Horizon.Milliseconds(),
 		GC:            timers.InEventTime("gc"),
-	}, global)
+	}, grouped)
+	// Hand on plain global-window collections: the batching trigger is this
+	// transform's business, not its consumers'.
+	return beam.WindowInto(s, window.NewGlobalWindows(), unique), beam.WindowInto(s, window.NewGlobalWindows(), repeatReceipts)
 }
 
-// keyByArrival keys a reading by device and stamps it with its arrival
-// time, so the batch windows are processing-time batches. Batching on the
-// message's own time would make the GroupByKey drop, as late data, any
-// message that is redelivered after the watermark moved on: a reading whose
-// first delivery failed, or one left unacked by a job that was killed.
-func keyByArrival(e schemas.Event, emit func(beam.EventTime, string, schemas.Event)) {
-	emit(mtime.Now(), e.DeviceID, e)
-}
+// maxBatch caps one device's batch under a backlog.
+const maxBatch = 10_000
+
+func keyByDevice(e schemas.Event) (string, schemas.Event) { return e.DeviceID, e }
 
 func collectBatch(device string, events func(*schemas.Event) bool) (string, []schemas.Event) {
 	var batch []schemas.Event
@@ -127,8 +132,8 @@ func (fn *dedupeFn) ProcessElement(ctx context.Context, ts beam.EventTime, sp st
 	if err := fn.Seen.Write(sp, seen); err != nil {
 		return fmt.Errorf("dedupe: writing seen-set of device %q: %w", device, err)
 	}
-	// Forget a device that has gone quiet for a whole horizon.
-	fn.GC.Set(tp, ts.ToTime().Add(time.Duration(fn.HorizonMillis)*time.Millisecond), timers.WithNoOutputTimestamp())
+	// Forget a device that has gone quiet for a whole horizon of event time.
+	fn.GC.Set(tp, time.UnixMilli(seen.NewestTS()+fn.HorizonMillis), timers.WithNoOutputTimestamp())
 	fn.unique.Inc(ctx, int64(len(kept)))
 	fn.duplicate.Inc(ctx, int64(len(dups)))
 	return nil

@@ -5,12 +5,9 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
-	"strings"
 	"testing"
-	"time"
 
 	"github.com/apache/beam/sdks/v2/go/pkg/beam"
-	"github.com/apache/beam/sdks/v2/go/pkg/beam/core/graph/window"
 	"github.com/apache/beam/sdks/v2/go/pkg/beam/core/metrics"
 	"github.com/apache/beam/sdks/v2/go/pkg/beam/register"
 	"github.com/apache/beam/sdks/v2/go/pkg/beam/testing/passert"
@@ -47,7 +44,7 @@ func TestEnrichKnownAndUnknownDevices(t *testing.T) {
 		schemas.Event{DeviceID: "ghost", Seq: 3, TS: 1700000000000, Metrics: map[string]float64{"t": 1}},
 		schemas.Event{DeviceID: "ghost", Seq: 4, TS: 1700000000000, Metrics: map[string]float64{"t": 1}, DeviceClass: "x"},
 	)
-	refs := beam.CreateList(s, testRefs())
+	refs := writeRefs(t, testRefs())
 	passert.Equals(s, beam.ParDo(s, enrichedSummary, Enrich(s, events, refs)),
 		"d1#1 known=true site=plant-a loc=hall-1 owner=ops class=thermostat",
 		"d2#2 known=true site=plant-b loc=roof owner=facilities class=anemometer",
@@ -79,35 +76,27 @@ func TestReferenceFromFile(t *testing.T) {
 		schemas.Event{DeviceID: "d3", Seq: 1, TS: 1, Metrics: map[string]float64{"t": 1}},
 		schemas.Event{DeviceID: "d4", Seq: 2, TS: 1, Metrics: map[string]float64{"t": 1}},
 	)
-	refs, err := Reference(ctx, s, full)
-	if err != nil {
-		t.Fatal(err)
-	}
-	passert.Equals(s, beam.ParDo(s, enrichedSummary, Enrich(s, events, refs)),
+	passert.Equals(s, beam.ParDo(s, enrichedSummary, Enrich(s, events, full)),
 		"d3#1 known=true site=plant, with comma loc=x owner=z class=y",
 		"d4#2 known=false site= loc= owner= class=",
 	)
 	// A reference file without rows is valid: every device is unknown.
-	none, err := Reference(ctx, s.Scope("Empty"), empty)
-	if err != nil {
-		t.Fatal(err)
-	}
-	passert.Equals(s, beam.ParDo(s, enrichedSummary, Enrich(s.Scope("Empty"), events, none)),
+	passert.Equals(s, beam.ParDo(s, enrichedSummary, Enrich(s.Scope("Empty"), events, empty)),
 		"d3#1 known=false site= loc= owner= class=",
 		"d4#2 known=false site= loc= owner= class=",
 	)
 	if err := ptest.Run(p); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := Reference(ctx, s, filepath.Join(dir, "missing.csv")); err == nil {
-		t.Error("Reference of a missing file succeeded")
+	if _, err := LoadIndex(ctx, filepath.Join(dir, "missing.csv")); err == nil {
+		t.Error("LoadIndex of a missing file succeeded")
 	}
 }
 
 func TestEnrichFailsOnDuplicateReferenceRows(t *testing.T) {
 	p, s := beam.NewPipelineWithRoot()
 	events := beam.Create(s, schemas.Event{DeviceID: "d1", Seq: 1, TS: 1, Metrics: map[string]float64{"t": 1}})
-	refs := beam.Create(s, schemas.Reference{DeviceID: "d1"}, schemas.Reference{DeviceID: "d1", Site: "other"})
+	refs := writeRefs(t, []schemas.Reference{{DeviceID: "d1"}, {DeviceID: "d1", Site: "other"}})
 	Enrich(s, events, refs)
 	if err := ptest.Run(p); err == nil {
 		t.Fatal("pipeline with a duplicated reference row succeeded; want an error")
@@ -177,14 +166,17 @@ func BenchmarkIndexJoin(b *testing.B) {
 	}
 }
 
-func TestEnrichRefusesWindowedReferenceData(t *testing.T) {
-	_, s := beam.NewPipelineWithRoot()
-	events := beam.Create(s, schemas.Event{DeviceID: "d1", Seq: 1, TS: 1, Metrics: map[string]float64{"t": 1}})
-	refs := beam.WindowInto(s, window.NewFixedWindows(time.Minute), beam.CreateList(s, testRefs()))
-	defer func() {
-		if r := recover(); r == nil || !strings.Contains(fmt.Sprint(r), "global window") {
-			t.Errorf("Enrich with windowed reference data: recovered %v, want a panic about the global window", r)
-		}
-	}()
-	Enrich(s, events, refs)
+// writeRefs writes refs as an NDJSON reference file and returns its path.
+func writeRefs(t *testing.T, refs []schemas.Reference) string {
+	t.Helper()
+	path := filepath.Join(t.TempDir(), "refs.ndjson")
+	f, err := os.Create(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	if err := WriteNDJSON(f, refs); err != nil {
+		t.Fatal(err)
+	}
+	return path
 }

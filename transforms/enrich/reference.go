@@ -336,3 +336,34 @@ func decodeJSONRow(data []byte) (schemas.Reference, error) {
 	}
 	return ref, nil
 }
+
+// WriteNDJSON writes refs in the NDJSON form LoadReference reads.
+func WriteNDJSON(w io.Writer, refs []schemas.Reference) error {
+	enc := json.NewEncoder(w)
+	for _, r := range refs {
+		row := jsonReference{DeviceID: r.DeviceID, Site: r.Site, Location: r.Location, DeviceClass: r.DeviceClass, Owner: r.Owner}
+		if len(r.Thresholds) > 0 {
+			row.Thresholds = map[string]struct {
+				Min *float64 `json:"min"`
+				Max *float64 `json:"max"`
+			}{}
+			for metric, t := range r.Thresholds {
+				var b struct {
+					Min *float64 `json:"min"`
+					Max *float64 `json:"max"`
+				}
+				if t.HasMin {
+					b.Min = &t.Min
+				}
+				if t.HasMax {
+					b.Max = &t.Max
+				}
+				row.Thresholds[metric] = b
+			}
+		}
+		if err := enc.Encode(row); err != nil {
+			return fmt.Errorf("writing reference row of %s: %w", r.DeviceID, err)
+		}
+	}
+	return nil
+}

@@ -91,5 +91,6 @@ func (fn *ackFn) flush(ctx context.Context) {
 	} else {
 		fn.acked.Inc(ctx, int64(len(fn.pending)))
 	}
+	flowOf(fn.Subscription).done(fn.pending)
 	fn.pending = fn.pending[:0]
 }

@@ -47,6 +47,13 @@ type Config struct {
 	// PollInterval is how long the reader waits before pulling again after an
 	// empty pull (default 20 ms). It bounds the added latency when idle.
 	PollInterval time.Duration
+	// MaxOutstanding bounds the messages pulled and not yet acknowledged
+	// (default 20,000): past it the reader stops pulling until Ack catches
+	// up, so a backlog waits in Pub/Sub, not in memory.
+	MaxOutstanding int
+	// AckDeadline is the lease the reader keeps extending for messages still
+	// in the pipeline (default 30 s).
+	AckDeadline time.Duration
 }
 
 // Read returns the messages of cfg.Subscription as an unbounded PCollection
@@ -73,11 +80,19 @@ func Read(s beam.Scope, cfg Config) beam.PCollection {
 	if cfg.PollInterval <= 0 {
 		cfg.PollInterval = 20 * time.Millisecond
 	}
+	if cfg.MaxOutstanding <= 0 {
+		cfg.MaxOutstanding = 20_000
+	}
+	if cfg.AckDeadline < 10*time.Second {
+		cfg.AckDeadline = 30 * time.Second
+	}
 	imp := beam.Impulse(s)
 	return beam.ParDo(s, &readFn{
-		Subscription: cfg.Subscription,
-		MaxMessages:  int32(cfg.MaxMessages),
-		PollMillis:   cfg.PollInterval.Milliseconds(),
+		Subscription:      cfg.Subscription,
+		MaxMessages:       int32(cfg.MaxMessages),
+		PollMillis:        cfg.PollInterval.Milliseconds(),
+		MaxOutstanding:    cfg.MaxOutstanding,
+		AckDeadlineMillis: cfg.AckDeadline.Milliseconds(),
 	}, imp)
 }
 
@@ -109,13 +124,18 @@ func draining(subscription string) bool {
 }
 
 type readFn struct {
-	Subscription string
-	MaxMessages  int32
-	PollMillis   int64
+	Subscription      string
+	MaxMessages       int32
+	PollMillis        int64
+	MaxOutstanding    int
+	AckDeadlineMillis int64
 
-	client   *pubsub.Client
-	received beam.Counter
-	pullErrs beam.Counter
+	client    *pubsub.Client
+	flow      *flow
+	stopLease context.CancelFunc
+	received  beam.Counter
+	pullErrs  beam.Counter
+	throttled beam.Counter
 }
 
 func (fn *readFn) Setup(ctx context.Context) error {
@@ -130,10 +150,20 @@ func (fn *readFn) Setup(ctx context.Context) error {
 	}
 	fn.received = beam.NewCounter("iotpipe.source", "messages_received")
 	fn.pullErrs = beam.NewCounter("iotpipe.source", "pull_errors")
+	fn.throttled = beam.NewCounter("iotpipe.source", "pulls_held_back")
+	fn.flow = flowOf(fn.Subscription)
+	leaseCtx, stop := context.WithCancel(context.Background())
+	fn.stopLease = stop
+	go fn.flow.lease(leaseCtx, fn.Subscription, fn.ackDeadline(), func(ctx context.Context, req *pubsubpb.ModifyAckDeadlineRequest) error {
+		return fn.client.SubscriptionAdminClient.ModifyAckDeadline(ctx, req)
+	})
 	return nil
 }
 
 func (fn *readFn) Teardown() error {
+	if fn.stopLease != nil {
+		fn.stopLease()
+	}
 	if fn.client == nil {
 		return nil
 	}
@@ -185,6 +215,12 @@ func (fn *readFn) ProcessElement(ctx context.Context, we *watermarkEstimator, rt
 		log.Infof(ctx, "pubsubsource: reader of %s drained", fn.Subscription)
 		return sdf.StopProcessing(), nil
 	}
+	if fn.flow.count() >= fn.MaxOutstanding {
+		// Backpressure: the pipeline has enough in hand. The watermark
+		// stays where it is: what waits in Pub/Sub is not yet read.
+		fn.throttled.Inc(ctx, 1)
+		return sdf.ResumeProcessingIn(fn.poll()), nil
+	}
 	pullStart := time.Now()
 	resp, err := fn.client.SubscriptionAdminClient.Pull(ctx, &pubsubpb.PullRequest{
 		Subscription:      fn.Subscription,
@@ -206,6 +242,13 @@ func (fn *readFn) ProcessElement(ctx context.Context, we *watermarkEstimator, rt
 		// Not ours to emit: leave the messages unacked for redelivery.
 		return sdf.StopProcessing(), rt.GetError()
 	}
+	ackIDs := make([]string, len(msgs))
+	published := make([]int64, len(msgs))
+	for i, rm := range msgs {
+		ackIDs[i] = rm.GetAckId()
+		published[i] = rm.GetMessage().GetPublishTime().AsTime().UnixMilli()
+	}
+	fn.flow.add(ackIDs, published, pullStart.Add(fn.ackDeadline()))
 	oldest := int64(math.MaxInt64)
 	for _, rm := range msgs {
 		m := rm.GetMessage()
@@ -228,6 +271,10 @@ func (fn *readFn) ProcessElement(ctx context.Context, we *watermarkEstimator, rt
 		we.advance(oldest)
 	}
 	return sdf.ResumeProcessingIn(0), nil
+}
+
+func (fn *readFn) ackDeadline() time.Duration {
+	return time.Duration(fn.AckDeadlineMillis) * time.Millisecond
 }
 
 func (fn *readFn) poll() time.Duration { return time.Duration(fn.PollMillis) * time.Millisecond }
