@@ -219,29 +219,64 @@ func (fn *readFn) ProcessElement(ctx context.Context, we *watermarkEstimator, rt
 		// Backpressure: the pipeline has enough in hand. The watermark
 		// stays where it is: what waits in Pub/Sub is not yet read.
 		fn.throttled.Inc(ctx, 1)
-		return sdf.ResumeProcessingIn(fn.poll()), nil
+		return sdf.ResumeProcessingIn(throttleWait), nil
 	}
-	pullStart := time.Now()
-	resp, err := fn.client.SubscriptionAdminClient.Pull(ctx, &pubsubpb.PullRequest{
-		Subscription:      fn.Subscription,
-		MaxMessages:       fn.MaxMessages,
-		ReturnImmediately: true, // the reader polls; a blocking pull would hold the bundle open
-	})
-	if err != nil {
-		// A failed pull loses nothing: retry after the poll interval.
-		fn.pullErrs.Inc(ctx, 1)
-		log.Warnf(ctx, "pubsubsource: pull %s: %v", fn.Subscription, err)
-		return sdf.ResumeProcessingIn(fn.poll()), nil
+	// A bundle gathers several pulls under a backlog: every bundle costs the
+	// runner a fixed amount of work, so fewer, larger bundles drain faster.
+	claimed := false
+	deadline := time.Now().Add(maxBundleTime)
+	for n := 0; n < maxPullsPerBundle; n++ {
+		pullStart := time.Now()
+		resp, err := fn.client.SubscriptionAdminClient.Pull(ctx, &pubsubpb.PullRequest{
+			Subscription:      fn.Subscription,
+			MaxMessages:       fn.MaxMessages,
+			ReturnImmediately: true, // the reader polls; a blocking pull would hold the bundle open
+		})
+		if err != nil {
+			// A failed pull loses nothing: retry after the poll interval.
+			fn.pullErrs.Inc(ctx, 1)
+			log.Warnf(ctx, "pubsubsource: pull %s: %v", fn.Subscription, err)
+			return sdf.ResumeProcessingIn(fn.poll()), nil
+		}
+		msgs := resp.GetReceivedMessages()
+		if len(msgs) == 0 {
+			we.advance(pullStart.UnixMilli())
+			if claimed {
+				return sdf.ResumeProcessingIn(0), nil
+			}
+			return sdf.ResumeProcessingIn(fn.poll()), nil
+		}
+		if !claimed {
+			if !rt.TryClaim(rest.Next) {
+				// Not ours to emit: leave the messages unacked for redelivery.
+				return sdf.StopProcessing(), rt.GetError()
+			}
+			claimed = true
+		}
+		fn.emitBatch(ctx, msgs, pullStart, emit)
+		if len(msgs) < int(fn.MaxMessages) {
+			// Caught up: anything not yet read was published after this pull began.
+			we.advance(pullStart.UnixMilli())
+			break
+		}
+		// Backlog: hold at the oldest message of this batch.
+		we.advance(oldestPublish(msgs))
+		if fn.flow.count() >= fn.MaxOutstanding || time.Now().After(deadline) {
+			break
+		}
 	}
-	msgs := resp.GetReceivedMessages()
-	if len(msgs) == 0 {
-		we.advance(pullStart.UnixMilli())
-		return sdf.ResumeProcessingIn(fn.poll()), nil
-	}
-	if !rt.TryClaim(rest.Next) {
-		// Not ours to emit: leave the messages unacked for redelivery.
-		return sdf.StopProcessing(), rt.GetError()
-	}
+	return sdf.ResumeProcessingIn(0), nil
+}
+
+// Bounds on one bundle of the reader.
+const (
+	maxPullsPerBundle = 10
+	maxBundleTime     = 200 * time.Millisecond
+	// throttleWait is how long a held-back reader waits before looking again.
+	throttleWait = 100 * time.Millisecond
+)
+
+func (fn *readFn) emitBatch(ctx context.Context, msgs []*pubsubpb.ReceivedMessage, pullStart time.Time, emit func(beam.EventTime, Message)) {
 	ackIDs := make([]string, len(msgs))
 	published := make([]int64, len(msgs))
 	for i, rm := range msgs {
@@ -249,28 +284,25 @@ func (fn *readFn) ProcessElement(ctx context.Context, we *watermarkEstimator, rt
 		published[i] = rm.GetMessage().GetPublishTime().AsTime().UnixMilli()
 	}
 	fn.flow.add(ackIDs, published, pullStart.Add(fn.ackDeadline()))
-	oldest := int64(math.MaxInt64)
-	for _, rm := range msgs {
+	for i, rm := range msgs {
 		m := rm.GetMessage()
-		pub := m.GetPublishTime().AsTime().UnixMilli()
-		oldest = min(oldest, pub)
-		emit(beam.EventTime(pub), Message{
+		emit(beam.EventTime(published[i]), Message{
 			ID:            m.GetMessageId(),
 			Data:          m.GetData(),
 			Attributes:    m.GetAttributes(),
-			PublishMillis: pub,
-			AckID:         rm.GetAckId(),
+			PublishMillis: published[i],
+			AckID:         ackIDs[i],
 		})
 	}
 	fn.received.Inc(ctx, int64(len(msgs)))
-	if len(msgs) < int(fn.MaxMessages) {
-		// Caught up: anything not yet read was published after this pull began.
-		we.advance(pullStart.UnixMilli())
-	} else {
-		// Backlog: hold at the oldest message of this batch.
-		we.advance(oldest)
+}
+
+func oldestPublish(msgs []*pubsubpb.ReceivedMessage) int64 {
+	oldest := int64(math.MaxInt64)
+	for _, rm := range msgs {
+		oldest = min(oldest, rm.GetMessage().GetPublishTime().AsTime().UnixMilli())
 	}
-	return sdf.ResumeProcessingIn(0), nil
+	return oldest
 }
 
 func (fn *readFn) ackDeadline() time.Duration {
