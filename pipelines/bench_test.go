@@ -16,6 +16,12 @@ import (
 	"github.com/iotpipe/iotpipe/pipelines"
 	"github.com/iotpipe/iotpipe/schemas"
 	"github.com/iotpipe/iotpipe/testing/stack"
+	"github.com/iotpipe/iotpipe/transforms/aggregate"
+	"github.com/iotpipe/iotpipe/transforms/alerts"
+	"github.com/iotpipe/iotpipe/transforms/dedupe"
+	"github.com/iotpipe/iotpipe/transforms/enrich"
+	"github.com/iotpipe/iotpipe/transforms/pubsubsource"
+	"github.com/iotpipe/iotpipe/transforms/validate"
 )
 
 var (
@@ -116,4 +122,61 @@ func BenchmarkStreamingBacklog(b *testing.B) {
 		<-done
 		emu.Close()
 	}
+}
+
+// BenchmarkKernel is the graph's work as plain Go on one goroutine, no
+// runner: validate (JSON decode + schema), exact dedupe, reference join,
+// per-minute aggregation and threshold check per message. It is the
+// physical-limit reference the Beam figures are compared with.
+func BenchmarkKernel(b *testing.B) {
+	const n = 100_000
+	msgs := make([]pubsubsource.Message, n)
+	for i := range msgs {
+		attrs, data := fleetMessage(i)
+		msgs[i] = pubsubsource.Message{ID: fmt.Sprint(i), Data: data, Attributes: attrs, PublishMillis: 1700000000000 + int64(i)}
+	}
+	refs := make([]schemas.Reference, 1000)
+	for i := range refs {
+		refs[i] = schemas.Reference{DeviceID: fmt.Sprintf("dev-%04d", i), Site: "s", Owner: "o",
+			Thresholds: map[string]schemas.Threshold{"temperature": {HasMax: true, Max: 29}}}
+	}
+	index, err := enrich.NewIndex(refs)
+	if err != nil {
+		b.Fatal(err)
+	}
+	checker, err := validate.NewChecker(validate.Config{})
+	if err != nil {
+		b.Fatal(err)
+	}
+	alert := alerts.Checker{Index: index, MaxAge: time.Hour}
+	b.ResetTimer()
+	var kept, raised int
+	for i := 0; i < b.N; i++ {
+		seen := map[string]*dedupe.SeenSet{}
+		summary := aggregate.NewSummary(time.Minute)
+		var buf []schemas.Alert
+		for _, m := range msgs {
+			e, rej := checker.Check(m)
+			if rej != nil {
+				b.Fatalf("message %s rejected: %v", m.ID, rej.Err)
+			}
+			ss := seen[e.DeviceID]
+			if ss == nil {
+				ss = &dedupe.SeenSet{}
+				seen[e.DeviceID] = ss
+			}
+			if !ss.Add(e.Seq, e.TS) {
+				continue
+			}
+			kept++
+			e = index.Join(e)
+			summary.Add(e)
+			buf, _ = alert.Check(buf[:0], e)
+			raised += len(buf)
+		}
+	}
+	if kept == 0 || raised == 0 {
+		b.Fatalf("kept %d, raised %d: the kernel did no work", kept, raised)
+	}
+	b.ReportMetric(float64(n)*float64(b.N)/b.Elapsed().Seconds(), "events/s")
 }

@@ -13,6 +13,7 @@ import (
 	"github.com/iotpipe/iotpipe/schemas"
 	"github.com/iotpipe/iotpipe/transforms/aggregate"
 	"github.com/iotpipe/iotpipe/transforms/alerts"
+	"github.com/iotpipe/iotpipe/transforms/archivesink"
 	"github.com/iotpipe/iotpipe/transforms/bigtablesink"
 	"github.com/iotpipe/iotpipe/transforms/dedupe"
 	"github.com/iotpipe/iotpipe/transforms/enrich"
@@ -96,7 +97,11 @@ func Graph(ctx context.Context, s beam.Scope, cfg GraphConfig, msgs beam.PCollec
 type StreamingConfig struct {
 	// Subscription is projects/{project}/subscriptions/{id}.
 	Subscription string
-	Graph        GraphConfig
+	// Archive, if set, is where every raw message is kept before use
+	// (gs://bucket/prefix or a local directory), in the hourly layout the
+	// backfill reads.
+	Archive string
+	Graph   GraphConfig
 }
 
 // Validate reports the first missing or malformed setting.
@@ -119,6 +124,9 @@ func Streaming(ctx context.Context, cfg StreamingConfig, runner string) (*beam.P
 	switch runner {
 	case "prism":
 		msgs := pubsubsource.Read(s, pubsubsource.Config{Subscription: cfg.Subscription})
+		if cfg.Archive != "" {
+			msgs = archivesink.Write(s, cfg.Archive, msgs)
+		}
 		receipts, err := Graph(ctx, s, cfg.Graph, msgs)
 		if err != nil {
 			return nil, err
@@ -128,6 +136,9 @@ func Streaming(ctx context.Context, cfg StreamingConfig, runner string) (*beam.P
 		msgs, err := pubsubsource.ReadNative(s, cfg.Subscription)
 		if err != nil {
 			return nil, err
+		}
+		if cfg.Archive != "" {
+			msgs = archivesink.Write(s, cfg.Archive, msgs)
 		}
 		if _, err := Graph(ctx, s, cfg.Graph, msgs); err != nil {
 			return nil, err

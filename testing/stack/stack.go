@@ -5,17 +5,21 @@ package stack
 
 import (
 	"context"
+	_ "embed"
 	"errors"
 	"fmt"
 	"log/slog"
 	"os"
 	"time"
 
+	"cloud.google.com/go/storage"
+
 	"github.com/iotpipe/iotpipe/ingress/mqttbridge"
 	"github.com/iotpipe/iotpipe/ingress/publisher"
 	"github.com/iotpipe/iotpipe/pipelines"
 	"github.com/iotpipe/iotpipe/schemas"
 	"github.com/iotpipe/iotpipe/testing/emulators"
+	"github.com/iotpipe/iotpipe/transforms/aggregate"
 )
 
 // Config is the local deployment.
@@ -54,12 +58,21 @@ func DefaultConfig() Config {
 	}
 }
 
-// Topic and subscription ids of the local deployment.
+// Topic and subscription ids, and the bucket, of the local deployment.
 const (
 	EventsTopic        = "iot-events"
 	StateTopic         = "iot-state"
 	EventsSubscription = "iot-events-pipeline"
+	Bucket             = "iotpipe-local"
+	// ArchivePrefix and ReferenceObject live in Bucket.
+	ArchivePrefix   = "raw"
+	ReferenceObject = "reference/devices.csv"
 )
+
+// sampleReference is the reference data (Dataset B) the sandbox starts with.
+//
+//go:embed reference.csv
+var sampleReference []byte
 
 // Resources is what the local deployment needs on the emulators: the same
 // topics, subscription and Bigtable tables Terraform creates in the cloud.
@@ -76,6 +89,7 @@ func Resources(project, instance string) emulators.Resources {
 		Topics:         []string{EventsTopic, StateTopic},
 		Subscriptions:  map[string]string{EventsSubscription: EventsTopic},
 		BigtableTables: tables,
+		Buckets:        []string{Bucket},
 	}
 }
 
@@ -121,6 +135,9 @@ func Start(ctx context.Context, cfg Config, logger *slog.Logger) (_ *Stack, err 
 		return nil, err
 	}
 	st.Subscription = fmt.Sprintf("projects/%s/subscriptions/%s", cfg.Project, EventsSubscription)
+	if err := uploadReference(ctx); err != nil {
+		return nil, err
+	}
 
 	pctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
 	st.stopPipeline = cancel
@@ -128,7 +145,10 @@ func Start(ctx context.Context, cfg Config, logger *slog.Logger) (_ *Stack, err 
 	sv := &pipelines.Supervisor{
 		Config: pipelines.StreamingConfig{
 			Subscription: st.Subscription,
-			Sinks: pipelines.SinkConfig{
+			Archive:      "gs://" + Bucket + "/" + ArchivePrefix,
+			Graph: pipelines.GraphConfig{
+				Reference:            "gs://" + Bucket + "/" + ReferenceObject,
+				Aggregate:            aggregate.Config{AllowedLateness: 5 * time.Minute},
 				BigtableProject:      cfg.Project,
 				BigtableInstance:     cfg.Instance,
 				BigtableWriteTimeout: cfg.BigtableWriteTimeout,
@@ -161,17 +181,19 @@ func Start(ctx context.Context, cfg Config, logger *slog.Logger) (_ *Stack, err 
 	return st, nil
 }
 
-// Close shuts down in the order that loses nothing: the bridge stops taking
-// messages and finishes its publishes; the streaming job reads what is left
-// in the subscription, then drains (its last bundles commit and ack); then
-// the emulators stop.
-func (st *Stack) Close() error {
+// Drain stops taking device messages and drains the streaming job: the
+// bridge finishes its publishes; the job reads what is left in the
+// subscription, its source stops, its last bundles commit and ack, and its
+// windows close. The emulators keep running, so what was written can be read.
+func (st *Stack) Drain() error {
 	var errs []error
 	if st.Bridge != nil {
 		errs = append(errs, st.Bridge.Close())
+		st.Bridge = nil
 	}
 	if st.publisher != nil {
 		errs = append(errs, st.publisher.Close())
+		st.publisher = nil
 	}
 	if st.pipelineDone != nil {
 		if err := st.waitSubscriptionSettled(st.Config.DrainTimeout); err != nil {
@@ -181,10 +203,17 @@ func (st *Stack) Close() error {
 		errs = append(errs, <-st.pipelineDone)
 		st.pipelineDone = nil
 	}
-	if st.Emulators != nil {
-		errs = append(errs, st.Emulators.Close())
-	}
 	return errors.Join(errs...)
+}
+
+// Close drains (see Drain), then stops the emulators.
+func (st *Stack) Close() error {
+	err := st.Drain()
+	if st.Emulators != nil {
+		err = errors.Join(err, st.Emulators.Close())
+		st.Emulators = nil
+	}
+	return err
 }
 
 // Unacked counts the messages on the events topic the pipeline has not acked.
@@ -212,4 +241,23 @@ func (st *Stack) waitSubscriptionSettled(timeout time.Duration) error {
 		}
 		<-tick.C
 	}
+}
+
+// uploadReference puts the sample reference data in the local bucket, where
+// the pipeline reads it as it would from GCS in the cloud.
+func uploadReference(ctx context.Context) error {
+	c, err := storage.NewClient(ctx) // honours STORAGE_EMULATOR_HOST
+	if err != nil {
+		return fmt.Errorf("storage client: %w", err)
+	}
+	defer c.Close()
+	w := c.Bucket(Bucket).Object(ReferenceObject).NewWriter(ctx)
+	if _, err := w.Write(sampleReference); err != nil {
+		w.Close()
+		return fmt.Errorf("uploading reference data: %w", err)
+	}
+	if err := w.Close(); err != nil {
+		return fmt.Errorf("uploading reference data: %w", err)
+	}
+	return nil
 }

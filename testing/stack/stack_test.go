@@ -8,12 +8,15 @@ import (
 	"net"
 	"os/exec"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
 	"cloud.google.com/go/bigtable"
+	"cloud.google.com/go/storage"
 	"github.com/apache/beam/sdks/v2/go/pkg/beam/testing/ptest"
 	paho "github.com/eclipse/paho.mqtt.golang"
+	"google.golang.org/api/iterator"
 
 	"github.com/iotpipe/iotpipe/schemas"
 	"github.com/iotpipe/iotpipe/testing/emulators"
@@ -117,16 +120,83 @@ func TestDeviceToBigtable(t *testing.T) {
 		}
 	})
 
-	t.Run("shutdown drains", func(t *testing.T) {
+	// A live reading (event time now): it alerts, and its window closes at
+	// the drain.
+	now := time.Now().UnixMilli()
+	live := fmt.Sprintf(`{"ts":%d,"seq":3,"metrics":{"temperature":45,"humidity":50}}`, now)
+	if tok := client.Publish("/devices/"+device+"/events", 1, false, live); !tok.WaitTimeout(10*time.Second) || tok.Error() != nil {
+		t.Fatalf("publish live reading: %v", tok.Error())
+	}
+	waitRow(t, telemetry, schemas.TelemetryKey(device, now, 3))
+
+	t.Run("drain acks everything and closes windows", func(t *testing.T) {
 		client.Disconnect(100)
-		closed = true
-		if err := st.Close(); err != nil {
-			t.Fatalf("Close: %v", err)
+		if err := st.Drain(); err != nil {
+			t.Fatalf("Drain: %v", err)
 		}
 		if n := st.Unacked(); n != 0 {
 			t.Errorf("%d messages left unacked after a clean shutdown", n)
 		}
+		window := now - now%60_000
+		agg, err := bt.Open(schemas.AggregatesTable).ReadRow(context.Background(), schemas.AggregateKey(device, "temperature", window))
+		if err != nil || agg == nil {
+			t.Fatalf("no aggregate for the live reading's window (%v)", err)
+		}
+		if got := cell(agg, schemas.FamilyAggregate, "count"); got != "1" {
+			t.Errorf("aggregate count = %q, want 1", got)
+		}
+		alert, err := bt.Open(schemas.AlertsTable).ReadRow(context.Background(), schemas.TelemetryKey(device, now, 3)+"#temperature")
+		if err != nil || alert == nil {
+			t.Fatalf("no alert for temperature 45 above the reference max 40 (%v)", err)
+		}
+		if got := cell(alert, schemas.FamilyAlert, "kind"); got != "above_max" {
+			t.Errorf("alert kind = %q, want above_max", got)
+		}
 	})
+
+	t.Run("raw messages are archived in hourly partitions", func(t *testing.T) {
+		gcs, err := storage.NewClient(context.Background())
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer gcs.Close()
+		it := gcs.Bucket(stack.Bucket).Objects(context.Background(), &storage.Query{Prefix: stack.ArchivePrefix + "/dt="})
+		records := 0
+		for {
+			attrs, err := it.Next()
+			if err == iterator.Done {
+				break
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			if !strings.Contains(attrs.Name, "/hour=") || !strings.HasSuffix(attrs.Name, ".ndjson") {
+				t.Errorf("archive object %s is not in the dt=/hour= layout", attrs.Name)
+			}
+			r, err := gcs.Bucket(stack.Bucket).Object(attrs.Name).NewReader(context.Background())
+			if err != nil {
+				t.Fatal(err)
+			}
+			body, _ := io.ReadAll(r)
+			r.Close()
+			for _, line := range strings.Split(strings.TrimSpace(string(body)), "\n") {
+				if _, _, err := schemas.ParseArchive([]byte(line)); err != nil {
+					t.Errorf("archive line %q: %v", line, err)
+				}
+				records++
+			}
+		}
+		// Every message is archived at least once; the failed write's
+		// message twice (it was delivered twice).
+		if records < 4 {
+			t.Errorf("%d archived records, want every one of the 4 messages", records)
+		}
+	})
+
+	if err := st.Close(); err != nil {
+		t.Errorf("Close: %v", err)
+	}
+	closed = true
 }
 
 // waitRow polls until the row exists; the bound only turns a hang into a failure.
