@@ -4,6 +4,12 @@
 // Usage:
 //
 //	ingress -project P -location L -registry R -events_topic T [-state_topic S] [-mqtt_addr 127.0.0.1:1883]
+//	        [-bigtable_instance I [-bigtable_project P]]
+//
+// With -bigtable_instance, devices are looked up in the Bigtable registry and
+// authenticate with JWTs signed by one of their registered keys (IoT Core's
+// rules); without it, any client id of the registry is accepted and the
+// bridge listens on loopback only.
 //
 // PUBSUB_EMULATOR_HOST selects a Pub/Sub emulator. SIGINT or SIGTERM stops
 // accepting devices, waits for messages in flight to reach Pub/Sub, and exits 0.
@@ -20,8 +26,10 @@ import (
 	"os/signal"
 	"syscall"
 
+	"github.com/iotpipe/iotpipe/ingress/jwtauth"
 	"github.com/iotpipe/iotpipe/ingress/mqttbridge"
 	"github.com/iotpipe/iotpipe/ingress/publisher"
+	"github.com/iotpipe/iotpipe/ingress/registry"
 )
 
 func main() {
@@ -55,7 +63,9 @@ func run(ctx context.Context, args []string, usage io.Writer, logger *slog.Logge
 	fs.StringVar(&cfg.Registry, "registry", "", "registry id, as in device client ids (required)")
 	fs.StringVar(&cfg.EventsTopic, "events_topic", "", "Pub/Sub topic id (or projects/P/topics/T) for telemetry (required)")
 	fs.StringVar(&cfg.StateTopic, "state_topic", "", "Pub/Sub topic for device state; empty: state is acknowledged and not forwarded")
-	fs.StringVar(&cfg.MQTTAddr, "mqtt_addr", mqttbridge.DefaultMQTTAddr, "MQTT listen address; loopback only until device auth lands")
+	fs.StringVar(&cfg.MQTTAddr, "mqtt_addr", mqttbridge.DefaultMQTTAddr, "MQTT listen address; loopback only without -bigtable_instance (no device auth)")
+	btProject := fs.String("bigtable_project", "", "project of the Bigtable device registry (default: -project)")
+	btInstance := fs.String("bigtable_instance", "", "Bigtable instance of the device registry; when set, devices authenticate with JWTs against their registered keys")
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
 			return err
@@ -67,7 +77,20 @@ func run(ctx context.Context, args []string, usage io.Writer, logger *slog.Logge
 		return fmt.Errorf("%w: unexpected arguments %q", errUsage, fs.Args())
 	}
 
-	if err := cfg.Validate(); err != nil {
+	var auth mqttbridge.Authenticator = mqttbridge.AllowAll{}
+	if *btInstance != "" {
+		if *btProject == "" {
+			*btProject = cfg.Project
+		}
+		// The registry client does not dial until first use.
+		store, err := registry.New(context.WithoutCancel(ctx), registry.Config{Project: *btProject, Instance: *btInstance})
+		if err != nil {
+			return err
+		}
+		defer store.Close()
+		auth = jwtauth.New(store, jwtauth.Config{})
+	}
+	if err := cfg.ValidateFor(auth); err != nil {
 		return err
 	}
 	// The client must outlive ctx: Close flushes through it after the signal.
@@ -76,7 +99,7 @@ func run(ctx context.Context, args []string, usage io.Writer, logger *slog.Logge
 		return err
 	}
 	defer pub.Close()
-	bridge, err := mqttbridge.New(cfg, pub, logger)
+	bridge, err := mqttbridge.NewWithAuth(cfg, pub, auth, logger)
 	if err != nil {
 		return err
 	}
