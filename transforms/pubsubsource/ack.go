@@ -2,7 +2,6 @@ package pubsubsource
 
 import (
 	"context"
-	"fmt"
 
 	"cloud.google.com/go/pubsub/v2"
 	"cloud.google.com/go/pubsub/v2/apiv1/pubsubpb"
@@ -41,13 +40,9 @@ type ackFn struct {
 }
 
 func (fn *ackFn) Setup(ctx context.Context) error {
-	project, err := ValidateSubscription(fn.Subscription)
-	if err != nil {
+	var err error
+	if fn.client, err = newClient(ctx, fn.Subscription); err != nil {
 		return err
-	}
-	fn.client, err = pubsub.NewClient(ctx, project)
-	if err != nil {
-		return fmt.Errorf("pubsub client for %s: %w", fn.Subscription, err)
 	}
 	fn.acked = beam.NewCounter("iotpipe.source", "messages_acked")
 	fn.failed = beam.NewCounter("iotpipe.source", "ack_errors")

@@ -138,15 +138,24 @@ type readFn struct {
 	throttled beam.Counter
 }
 
-func (fn *readFn) Setup(ctx context.Context) error {
-	project, err := ValidateSubscription(fn.Subscription)
+// newClient connects to the project of subscription; pubsub.NewClient
+// honours PUBSUB_EMULATOR_HOST.
+func newClient(ctx context.Context, subscription string) (*pubsub.Client, error) {
+	project, err := ValidateSubscription(subscription)
 	if err != nil {
-		return err
+		return nil, err
 	}
-	// pubsub.NewClient honours PUBSUB_EMULATOR_HOST.
-	fn.client, err = pubsub.NewClient(ctx, project)
+	c, err := pubsub.NewClient(ctx, project)
 	if err != nil {
-		return fmt.Errorf("pubsub client for %s: %w", fn.Subscription, err)
+		return nil, fmt.Errorf("pubsub client for %s: %w", subscription, err)
+	}
+	return c, nil
+}
+
+func (fn *readFn) Setup(ctx context.Context) error {
+	var err error
+	if fn.client, err = newClient(ctx, fn.Subscription); err != nil {
+		return err
 	}
 	fn.received = beam.NewCounter("iotpipe.source", "messages_received")
 	fn.pullErrs = beam.NewCounter("iotpipe.source", "pull_errors")
