@@ -13,10 +13,12 @@ import (
 	"net"
 	"os"
 	"os/signal"
+	"strings"
 	"syscall"
 
 	"github.com/apache/beam/sdks/v2/go/pkg/beam"
 
+	"github.com/iotpipe/iotpipe/schemas"
 	"github.com/iotpipe/iotpipe/testing/stack"
 )
 
@@ -69,10 +71,12 @@ iotpipe sandbox is running (Ctrl-C stops it cleanly)
 
   MQTT bridge    %s   client id projects/%s/locations/%s/registries/%s/devices/{device}
   Pub/Sub        %s   PUBSUB_EMULATOR_HOST=%s   (topic %s, subscription %s)
-  Bigtable       %s   BIGTABLE_EMULATOR_HOST=%s  (instance %s, tables %s, %s)
+  Bigtable       %s   BIGTABLE_EMULATOR_HOST=%s  (instance %s, tables %s)
   GCS            %s   STORAGE_EMULATOR_HOST=%s
   Warehouse      %s
   Streaming job  prism, reading %s
+  Archive        gs://%s/%s/dt=YYYY-MM-DD/hour=HH/
+  Reference data gs://%s/%s
 
 Publish a reading:
   mosquitto_pub -h %s -p %s -i %s -t /devices/d1/events -q 1 \
@@ -82,12 +86,22 @@ See it in Bigtable:
 
 `, st.Bridge.Addr(), c.Project, c.Location, c.Registry,
 		e.PubsubAddr, e.PubsubAddr, stack.EventsTopic, stack.EventsSubscription,
-		e.BigtableAddr, e.BigtableAddr, c.Instance, "telemetry", "deadletter",
+		e.BigtableAddr, e.BigtableAddr, c.Instance, strings.Join(tables(), ", "),
 		e.GCSURL, e.GCSURL,
 		e.WarehousePath,
 		st.Subscription,
+		stack.Bucket, stack.ArchivePrefix,
+		stack.Bucket, stack.ReferenceObject,
 		host(st.Bridge.Addr()), port(st.Bridge.Addr()), device,
 		e.BigtableAddr, c.Project, c.Instance)
+}
+
+func tables() []string {
+	var names []string
+	for _, t := range schemas.BigtableLayout {
+		names = append(names, t.Name)
+	}
+	return names
 }
 
 func host(addr string) string {
