@@ -4,11 +4,6 @@
 package schemas
 
 import (
-	"bytes"
-	"encoding/json"
-	"errors"
-	"fmt"
-	"math"
 	"sort"
 )
 
@@ -73,64 +68,4 @@ func (e Event) MetricNames() []string {
 	}
 	sort.Strings(names)
 	return names
-}
-
-type payload struct {
-	TS       *int64             `json:"ts"`
-	Seq      *int64             `json:"seq"`
-	Metrics  map[string]float64 `json:"metrics"`
-	Buffered bool               `json:"buffered"`
-}
-
-// ParseEvent decodes a device payload and the message attributes into an Event.
-// It checks only what every later stage relies on (shape, identity, finite
-// values); schema validation per device class is a separate step.
-func ParseEvent(data []byte, attrs map[string]string) (Event, error) {
-	if len(data) > MaxTelemetryBytes {
-		return Event{}, fmt.Errorf("payload is %d bytes, over the %d-byte telemetry limit", len(data), MaxTelemetryBytes)
-	}
-	device := attrs[AttrDeviceID]
-	if device == "" {
-		return Event{}, errors.New("message has no " + AttrDeviceID + " attribute")
-	}
-	var p payload
-	dec := json.NewDecoder(bytes.NewReader(data))
-	if err := dec.Decode(&p); err != nil {
-		return Event{}, fmt.Errorf("payload of device %q is not a telemetry JSON object: %w", device, err)
-	}
-	if dec.More() {
-		return Event{}, fmt.Errorf("payload of device %q has trailing data after the JSON object", device)
-	}
-	switch {
-	case p.TS == nil:
-		return Event{}, fmt.Errorf("payload of device %q has no \"ts\"", device)
-	case *p.TS <= 0:
-		return Event{}, fmt.Errorf("payload of device %q has ts %d; want Unix milliseconds > 0", device, *p.TS)
-	case p.Seq == nil:
-		return Event{}, fmt.Errorf("payload of device %q has no \"seq\"", device)
-	case *p.Seq < 0:
-		return Event{}, fmt.Errorf("payload of device %q has negative seq %d", device, *p.Seq)
-	case len(p.Metrics) == 0:
-		return Event{}, fmt.Errorf("payload of device %q has no metrics", device)
-	}
-	for name, v := range p.Metrics {
-		if name == "" {
-			return Event{}, fmt.Errorf("payload of device %q has a metric with an empty name", device)
-		}
-		if math.IsNaN(v) || math.IsInf(v, 0) {
-			return Event{}, fmt.Errorf("payload of device %q: metric %q is not finite", device, name)
-		}
-	}
-	return Event{
-		DeviceID:    device,
-		Registry:    attrs[AttrRegistryID],
-		Location:    attrs[AttrRegistryRegion],
-		Project:     attrs[AttrProjectID],
-		SubFolder:   attrs[AttrSubFolder],
-		DeviceClass: attrs[AttrDeviceClass],
-		TS:          *p.TS,
-		Seq:         *p.Seq,
-		Metrics:     p.Metrics,
-		Buffered:    p.Buffered,
-	}, nil
 }

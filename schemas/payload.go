@@ -51,7 +51,7 @@ func jsonKind(v any) string {
 }
 
 // EventFromPayload builds the Event of a payload decoded by DecodePayload and
-// the message attributes, with the checks ParseEvent makes (device attribute,
+// the message attributes, with the checks every later stage relies on (device attribute,
 // ts > 0, seq >= 0, at least one metric, named, numeric). It does not set
 // MessageID, PublishMillis, DeviceClass or SchemaID.
 func EventFromPayload(doc map[string]any, attrs map[string]string) (Event, error) {

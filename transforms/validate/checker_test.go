@@ -248,24 +248,6 @@ func BenchmarkValidate(b *testing.B) {
 	}
 }
 
-// BenchmarkParseOnly is what the parse step cost before: schemas.ParseEvent,
-// a struct decode plus its checks, with no schema.
-func BenchmarkParseOnly(b *testing.B) {
-	for _, p := range benchPayloads {
-		b.Run(p.class, func(b *testing.B) {
-			data, a := []byte(p.data), attrs(p.class)
-			b.ReportAllocs()
-			b.SetBytes(int64(len(data)))
-			for b.Loop() {
-				if _, err := schemas.ParseEvent(data, a); err != nil {
-					b.Fatal(err)
-				}
-			}
-			b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "events/s")
-		})
-	}
-}
-
 // BenchmarkDecodeOnly is Validate's path without the schema: the generic
 // decode and schemas.EventFromPayload. Validate minus this is the schema's cost.
 func BenchmarkDecodeOnly(b *testing.B) {
