@@ -25,8 +25,9 @@ import (
 )
 
 var (
-	benchEvents  = flag.Int("bench_events", 200_000, "events per run of BenchmarkBackfill")
-	benchBacklog = flag.Int("bench_backlog", 200_000, "backlog size of BenchmarkStreamingBacklog")
+	benchEvents   = flag.Int("bench_events", 200_000, "events per run of BenchmarkBackfill")
+	benchBacklog  = flag.Int("bench_backlog", 200_000, "backlog size of BenchmarkStreamingBacklog")
+	benchProgress = flag.Bool("bench_progress", false, "print BenchmarkStreamingBacklog's acked count every 100 ms")
 )
 
 // fleetMessage is the i-th message of a simulated fleet of 1,000 devices
@@ -108,7 +109,7 @@ func BenchmarkStreamingBacklog(b *testing.B) {
 				b.Fatalf("streaming job ended early: %v", err)
 			case <-tick.C:
 			}
-			if os.Getenv("BENCH_DEBUG") != "" {
+			if *benchProgress {
 				fmt.Fprintf(os.Stderr, "%v acked %d\n", time.Since(start).Round(time.Millisecond), emu.PubsubAcks())
 			}
 			if time.Since(start) > 30*time.Minute {
