@@ -19,6 +19,7 @@ import (
 	"github.com/iotpipe/iotpipe/transforms/enrich"
 	"github.com/iotpipe/iotpipe/transforms/pubsubsource"
 	"github.com/iotpipe/iotpipe/transforms/validate"
+	"github.com/iotpipe/iotpipe/transforms/warehousesink"
 )
 
 func init() {
@@ -37,6 +38,9 @@ type GraphConfig struct {
 	// Reference is the static reference data (Dataset B), CSV or NDJSON,
 	// local or gs://; empty means none (every device is unknown to the join).
 	Reference string
+	// Warehouse, if set, is where readings and dead letters are also
+	// written for analytics: duckdb:///path/to/file.duckdb.
+	Warehouse string
 
 	BigtableProject  string
 	BigtableInstance string
@@ -52,6 +56,11 @@ func (c GraphConfig) Validate() error {
 	if c.BigtableInstance == "" {
 		return fmt.Errorf("bigtable instance is empty: set --bigtable_instance")
 	}
+	if c.Warehouse != "" {
+		if err := (warehousesink.Config{URL: c.Warehouse}).Validate(); err != nil {
+			return fmt.Errorf("--warehouse: %w", err)
+		}
+	}
 	return nil
 }
 
@@ -61,12 +70,13 @@ func (c GraphConfig) Validate() error {
 // threshold alerts. Dead letters a source found itself (PCollections of
 // schemas.DeadLetter) join the graph's own.
 //
-// It returns the receipts (PCollections of string) of the messages it is
-// done with: every reading written, every dead letter written, every repeat
-// dropped. Aggregates and alerts are derived data and hold no receipt: on a
+// It returns the receipts of the messages it is done with, grouped by the
+// sinks each kind of message must reach: a reading is done once Bigtable
+// (and the warehouse, if set) wrote it, a dead letter likewise, a repeat as
+// soon as dedupe dropped it. Aggregates and alerts are derived data and hold no receipt: on a
 // runner without durable state (prism) a crash can lose the open windows,
 // never a reading, and a backfill recomputes them from the archive.
-func Graph(ctx context.Context, s beam.Scope, cfg GraphConfig, msgs beam.PCollection, sourceDead ...beam.PCollection) ([]beam.PCollection, error) {
+func Graph(ctx context.Context, s beam.Scope, cfg GraphConfig, msgs beam.PCollection, sourceDead ...beam.PCollection) ([]pubsubsource.ReceiptGroup, error) {
 	if cfg.Reference != "" {
 		// Fail at start on a missing or malformed file, not in every worker.
 		if _, err := enrich.LoadIndex(ctx, cfg.Reference); err != nil {
@@ -90,7 +100,13 @@ func Graph(ctx context.Context, s beam.Scope, cfg GraphConfig, msgs beam.PCollec
 	enriched := enrich.Enrich(s, events, cfg.Reference)
 	write("Aggregates", schemas.AggregatesTable, beam.ParDo(s, schemas.AggregateRow, aggregate.PerMinute(s, enriched, cfg.Aggregate)))
 	write("Alerts", schemas.AlertsTable, beam.ParDo(s, schemas.AlertRow, alerts.Thresholds(s, enriched, cfg.Reference, cfg.Alerts)))
-	return []beam.PCollection{written, deadWritten, repeats}, nil
+	groups := []pubsubsource.ReceiptGroup{{written}, {deadWritten}, {repeats}}
+	if cfg.Warehouse != "" {
+		wh := warehousesink.Config{URL: cfg.Warehouse}
+		groups[0] = append(groups[0], warehousesink.Write(s.Scope("Warehouse"), wh, events))
+		groups[1] = append(groups[1], warehousesink.WriteDeadLetters(s.Scope("WarehouseDeadLetters"), wh, dead))
+	}
+	return groups, nil
 }
 
 // StreamingConfig is the streaming job's configuration.

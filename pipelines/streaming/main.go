@@ -33,6 +33,7 @@ func main() {
 	flag.StringVar(&cfg.Graph.BigtableProject, "bigtable_project", "", "Bigtable project")
 	flag.StringVar(&cfg.Graph.BigtableInstance, "bigtable_instance", "", "Bigtable instance")
 	flag.StringVar(&cfg.Archive, "archive", "", "keep every raw message here first: gs://bucket/prefix or a directory (hourly NDJSON, the backfill's input)")
+	flag.StringVar(&cfg.Graph.Warehouse, "warehouse", "", "also write readings and dead letters here: duckdb:///path/to/file.duckdb")
 	flag.StringVar(&cfg.Graph.Reference, "reference", "", "static reference data (Dataset B), CSV or NDJSON, local or gs://")
 	flag.DurationVar(&cfg.Graph.Aggregate.AllowedLateness, "allowed_lateness", 5*time.Minute, "how late a reading may arrive and still update its 1-minute aggregate")
 	flag.DurationVar(&cfg.Graph.Dedupe.Horizon, "dedupe_horizon", 24*time.Hour, "event-time horizon of exact (device, seq) deduplication")

@@ -148,6 +148,7 @@ func Start(ctx context.Context, cfg Config, logger *slog.Logger) (_ *Stack, err 
 			Archive:      "gs://" + Bucket + "/" + ArchivePrefix,
 			Graph: pipelines.GraphConfig{
 				Reference:            "gs://" + Bucket + "/" + ReferenceObject,
+				Warehouse:            "duckdb://" + st.Emulators.WarehousePath,
 				Aggregate:            aggregate.Config{AllowedLateness: 5 * time.Minute},
 				BigtableProject:      cfg.Project,
 				BigtableInstance:     cfg.Instance,

@@ -2,6 +2,7 @@ package stack_test
 
 import (
 	"context"
+	"database/sql"
 	"fmt"
 	"io"
 	"log/slog"
@@ -15,6 +16,7 @@ import (
 	"cloud.google.com/go/bigtable"
 	"cloud.google.com/go/storage"
 	"github.com/apache/beam/sdks/v2/go/pkg/beam/testing/ptest"
+	_ "github.com/duckdb/duckdb-go/v2"
 	paho "github.com/eclipse/paho.mqtt.golang"
 	"google.golang.org/api/iterator"
 
@@ -151,6 +153,22 @@ func TestDeviceToBigtable(t *testing.T) {
 		}
 		if got := cell(alert, schemas.FamilyAlert, "kind"); got != "above_max" {
 			t.Errorf("alert kind = %q, want above_max", got)
+		}
+	})
+
+	t.Run("readings are in the warehouse dedup view once", func(t *testing.T) {
+		db, err := sql.Open("duckdb", st.Emulators.WarehousePath)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer db.Close()
+		var n, distinct int
+		if err := db.QueryRow(`SELECT count(*), count(DISTINCT seq) FROM main.telemetry_dedup WHERE device_id = ? AND metric = 'temperature'`, device).Scan(&n, &distinct); err != nil {
+			t.Fatal(err)
+		}
+		// seq 1, 2 (written after its redelivery) and 3, each once.
+		if n != 3 || distinct != 3 {
+			t.Errorf("telemetry_dedup has %d temperature rows (%d distinct seqs) for %s, want 3 and 3", n, distinct, device)
 		}
 	})
 

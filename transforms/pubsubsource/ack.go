@@ -2,6 +2,8 @@ package pubsubsource
 
 import (
 	"context"
+	"strconv"
+	"strings"
 
 	"cloud.google.com/go/pubsub/v2"
 	"cloud.google.com/go/pubsub/v2/apiv1/pubsubpb"
@@ -12,19 +14,44 @@ import (
 
 func init() {
 	register.DoFn2x0[context.Context, string](&ackFn{})
+	register.DoFn2x0[string, func(string)](&tagFn{})
+	register.Emitter1[string]()
 }
 
-// Ack acknowledges, on subscription, the receipts (PCollections of
-// Message.AckID) that the pipeline's sinks emit once a message's data is
-// written. Receipts are batched per bundle. An empty receipt (a message that
-// did not come from Read) is skipped.
-func Ack(s beam.Scope, subscription string, receipts ...beam.PCollection) {
+// ReceiptGroup is the sinks one kind of message goes to: PCollections of
+// Message.AckID, each emitting a receipt once its write is done. A message
+// is done when every member of its group has handed back its receipt.
+type ReceiptGroup []beam.PCollection
+
+// Ack acknowledges, on subscription, each message once every sink of its
+// group has handed back its receipt. Receipts are batched per bundle; an
+// empty receipt (a message that did not come from Read) is skipped.
+//
+// Receipts of one message may arrive in different bundles: the count is kept
+// in the process's ledger of the subscription (see flow), shared by every
+// bundle of the job's in-process workers.
+func Ack(s beam.Scope, subscription string, groups ...ReceiptGroup) {
 	s = s.Scope("pubsubsource.Ack")
-	all := receipts[0]
-	if len(receipts) > 1 {
-		all = beam.Flatten(s, receipts...)
+	var all []beam.PCollection
+	for _, g := range groups {
+		for _, r := range g {
+			all = append(all, beam.ParDo(s, &tagFn{Need: len(g)}, r))
+		}
 	}
-	beam.ParDo0(s, &ackFn{Subscription: subscription}, all)
+	tagged := all[0]
+	if len(all) > 1 {
+		tagged = beam.Flatten(s, all...)
+	}
+	beam.ParDo0(s, &ackFn{Subscription: subscription}, tagged)
+}
+
+// tagFn prefixes a receipt with how many receipts its message needs.
+type tagFn struct{ Need int }
+
+func (fn *tagFn) ProcessElement(ackID string, emit func(string)) {
+	if ackID != "" {
+		emit(strconv.Itoa(fn.Need) + ":" + ackID)
+	}
 }
 
 // maxAckIDsPerCall keeps one Acknowledge request well under Pub/Sub's 512 KiB.
@@ -58,9 +85,15 @@ func (fn *ackFn) Teardown() error {
 
 func (fn *ackFn) StartBundle(context.Context) { fn.pending = fn.pending[:0] }
 
-func (fn *ackFn) ProcessElement(ctx context.Context, ackID string) {
-	if ackID == "" {
+func (fn *ackFn) ProcessElement(ctx context.Context, receipt string) {
+	need, ackID, ok := strings.Cut(receipt, ":")
+	n, err := strconv.Atoi(need)
+	if !ok || err != nil || ackID == "" {
+		log.Errorf(ctx, "pubsubsource: malformed receipt %q dropped; its message will be redelivered", receipt)
 		return
+	}
+	if n > 1 && !flowOf(fn.Subscription).arrived(ackID, n) {
+		return // other sinks of this message have not reported yet
 	}
 	fn.pending = append(fn.pending, ackID)
 	if len(fn.pending) >= maxAckIDsPerCall {

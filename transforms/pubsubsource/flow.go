@@ -19,19 +19,15 @@ import (
 // pipeline is not handed the same messages again.
 type flow struct {
 	mu          sync.Mutex
-	outstanding map[string]lease // by ack id
+	outstanding map[string]time.Time // lease expiry by ack id
+	receipts    map[string]int       // receipts so far, of messages that need several
 	leasing     bool
-}
-
-type lease struct {
-	expiry        time.Time
-	publishMillis int64
 }
 
 var flows sync.Map // subscription -> *flow
 
 func flowOf(subscription string) *flow {
-	f, _ := flows.LoadOrStore(subscription, &flow{outstanding: map[string]lease{}})
+	f, _ := flows.LoadOrStore(subscription, &flow{outstanding: map[string]time.Time{}, receipts: map[string]int{}})
 	return f.(*flow)
 }
 
@@ -41,8 +37,22 @@ func flowOf(subscription string) *flow {
 func ResetFlow(subscription string) {
 	f := flowOf(subscription)
 	f.mu.Lock()
-	f.outstanding = map[string]lease{}
+	f.outstanding = map[string]time.Time{}
+	f.receipts = map[string]int{}
 	f.mu.Unlock()
+}
+
+// arrived records one receipt of ackID and reports whether it was the last
+// of the need it has.
+func (f *flow) arrived(ackID string, need int) bool {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.receipts[ackID]++
+	if f.receipts[ackID] < need {
+		return false
+	}
+	delete(f.receipts, ackID)
+	return true
 }
 
 func (f *flow) count() int {
@@ -51,25 +61,12 @@ func (f *flow) count() int {
 	return len(f.outstanding)
 }
 
-func (f *flow) add(ackIDs []string, publishMillis []int64, expiry time.Time) {
+func (f *flow) add(ackIDs []string, expiry time.Time) {
 	f.mu.Lock()
-	for i, id := range ackIDs {
-		f.outstanding[id] = lease{expiry: expiry, publishMillis: publishMillis[i]}
+	for _, id := range ackIDs {
+		f.outstanding[id] = expiry
 	}
 	f.mu.Unlock()
-}
-
-// oldest is the earliest publish time among outstanding messages.
-func (f *flow) oldest() (int64, bool) {
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	first, found := int64(0), false
-	for _, l := range f.outstanding {
-		if !found || l.publishMillis < first {
-			first, found = l.publishMillis, true
-		}
-	}
-	return first, found
 }
 
 func (f *flow) done(ackIDs []string) {
@@ -86,11 +83,10 @@ func (f *flow) due(horizon, newExpiry time.Time) []string {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	var ids []string
-	for id, l := range f.outstanding {
-		if l.expiry.Before(horizon) {
+	for id, exp := range f.outstanding {
+		if exp.Before(horizon) {
 			ids = append(ids, id)
-			l.expiry = newExpiry
-			f.outstanding[id] = l
+			f.outstanding[id] = newExpiry
 		}
 	}
 	return ids

@@ -292,7 +292,7 @@ func (fn *readFn) emitBatch(ctx context.Context, msgs []*pubsubpb.ReceivedMessag
 		ackIDs[i] = rm.GetAckId()
 		published[i] = rm.GetMessage().GetPublishTime().AsTime().UnixMilli()
 	}
-	fn.flow.add(ackIDs, published, pullStart.Add(fn.ackDeadline()))
+	fn.flow.add(ackIDs, pullStart.Add(fn.ackDeadline()))
 	for i, rm := range msgs {
 		m := rm.GetMessage()
 		emit(beam.EventTime(published[i]), Message{

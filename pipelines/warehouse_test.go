@@ -1,0 +1,60 @@
+package pipelines_test
+
+import (
+	"context"
+	"database/sql"
+	"fmt"
+	"io"
+	"log/slog"
+	"path/filepath"
+	"testing"
+	"time"
+
+	_ "github.com/duckdb/duckdb-go/v2"
+
+	"github.com/iotpipe/iotpipe/pipelines"
+	"github.com/iotpipe/iotpipe/testing/stack"
+)
+
+// With a warehouse, a reading is acked only once both Bigtable and the
+// warehouse hold it; the warehouse's dedup view has it once.
+func TestStreamingWritesTheWarehouse(t *testing.T) {
+	emu := startEmulators(t)
+	path := filepath.Join(t.TempDir(), "wh.duckdb")
+	sv := &pipelines.Supervisor{
+		Config: pipelines.StreamingConfig{
+			Subscription: fmt.Sprintf("projects/%s/subscriptions/%s", project, stack.EventsSubscription),
+			Graph:        pipelines.GraphConfig{BigtableProject: project, BigtableInstance: instance, Warehouse: "duckdb://" + path},
+		},
+		Logger:    slog.New(slog.NewTextHandler(io.Discard, nil)),
+		OnFailure: func(err error) { t.Errorf("streaming job failed: %v", err) },
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- sv.Run(ctx) }()
+	a := publish(t, emu, "d1", `{"ts":1700000000000,"seq":1,"metrics":{"temperature":21.5,"humidity":40}}`)
+	b := publish(t, emu, "d1", `{"ts":1700000000000,"seq":1,"metrics":{"temperature":21.5,"humidity":40}}`)
+	c := publish(t, emu, "d1", `not json`)
+	for _, id := range []string{a, b, c} {
+		waitAcked(t, emu, id, 30*time.Second)
+	}
+	cancel()
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+	db, err := sql.Open("duckdb", path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer db.Close()
+	var rows, dead int
+	if err := db.QueryRow(`SELECT count(*) FROM main.telemetry_dedup WHERE device_id = 'd1'`).Scan(&rows); err != nil {
+		t.Fatal(err)
+	}
+	if err := db.QueryRow(`SELECT count(*) FROM main.deadletter`).Scan(&dead); err != nil {
+		t.Fatal(err)
+	}
+	if rows != 2 || dead != 1 {
+		t.Errorf("warehouse has %d dedup telemetry rows and %d dead letters, want 2 (one per metric) and 1", rows, dead)
+	}
+}
