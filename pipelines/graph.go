@@ -4,6 +4,7 @@ package pipelines
 
 import (
 	"context"
+	"flag"
 	"fmt"
 	"time"
 
@@ -46,6 +47,19 @@ type GraphConfig struct {
 	BigtableInstance string
 	// BigtableWriteTimeout bounds one bundle's Bigtable write, retries included.
 	BigtableWriteTimeout time.Duration
+}
+
+// RegisterFlags binds the settings both jobs share to flags on fs, with
+// their defaults. Event-time lateness is the streaming job's own flag.
+func (c *GraphConfig) RegisterFlags(fs *flag.FlagSet) {
+	fs.StringVar(&c.BigtableProject, "bigtable_project", "", "Bigtable project")
+	fs.StringVar(&c.BigtableInstance, "bigtable_instance", "", "Bigtable instance")
+	fs.StringVar(&c.Warehouse, "warehouse", "", "also write readings and dead letters here: duckdb:///path/to/file.duckdb")
+	fs.StringVar(&c.Reference, "reference", "", "static reference data (Dataset B), CSV or NDJSON, local or gs://")
+	fs.DurationVar(&c.Dedupe.Horizon, "dedupe_horizon", 24*time.Hour, "event-time horizon of exact (device, seq) deduplication")
+	fs.DurationVar(&c.Validation.MaxFuture, "max_future", 10*time.Minute, "how far ahead of its publish time a reading's ts may be")
+	fs.DurationVar(&c.Validation.MaxPast, "max_past", 0, "how far behind its publish time a reading's ts may be (0: no limit)")
+	fs.DurationVar(&c.BigtableWriteTimeout, "bigtable_write_timeout", 30*time.Second, "bound on one bundle's Bigtable write, retries included")
 }
 
 // Validate reports the first missing or malformed setting.

@@ -13,7 +13,6 @@ import (
 	"fmt"
 	"log/slog"
 	"os"
-	"time"
 
 	"github.com/apache/beam/sdks/v2/go/pkg/beam"
 	"github.com/apache/beam/sdks/v2/go/pkg/beam/runners"
@@ -25,12 +24,7 @@ import (
 func main() {
 	var cfg pipelines.BackfillConfig
 	flag.StringVar(&cfg.Input, "input", "", "glob of archived NDJSON files, local or gs://")
-	flag.StringVar(&cfg.Graph.BigtableProject, "bigtable_project", "", "Bigtable project")
-	flag.StringVar(&cfg.Graph.BigtableInstance, "bigtable_instance", "", "Bigtable instance")
-	flag.StringVar(&cfg.Graph.Warehouse, "warehouse", "", "also write readings and dead letters here: duckdb:///path/to/file.duckdb")
-	flag.StringVar(&cfg.Graph.Reference, "reference", "", "static reference data (Dataset B), CSV or NDJSON, local or gs://")
-	flag.DurationVar(&cfg.Graph.Dedupe.Horizon, "dedupe_horizon", 24*time.Hour, "event-time horizon of exact (device, seq) deduplication")
-	flag.DurationVar(&cfg.Graph.BigtableWriteTimeout, "bigtable_write_timeout", 30*time.Second, "bound on one bundle's Bigtable write, retries included")
+	cfg.Graph.RegisterFlags(flag.CommandLine)
 	flag.Parse()
 	beam.Init()
 

@@ -30,16 +30,9 @@ import (
 func main() {
 	var cfg pipelines.StreamingConfig
 	flag.StringVar(&cfg.Subscription, "input_subscription", "", "Pub/Sub subscription to read, projects/{project}/subscriptions/{id}")
-	flag.StringVar(&cfg.Graph.BigtableProject, "bigtable_project", "", "Bigtable project")
-	flag.StringVar(&cfg.Graph.BigtableInstance, "bigtable_instance", "", "Bigtable instance")
+	cfg.Graph.RegisterFlags(flag.CommandLine)
 	flag.StringVar(&cfg.Archive, "archive", "", "keep every raw message here first: gs://bucket/prefix or a directory (hourly NDJSON, the backfill's input)")
-	flag.StringVar(&cfg.Graph.Warehouse, "warehouse", "", "also write readings and dead letters here: duckdb:///path/to/file.duckdb")
-	flag.StringVar(&cfg.Graph.Reference, "reference", "", "static reference data (Dataset B), CSV or NDJSON, local or gs://")
 	flag.DurationVar(&cfg.Graph.Aggregate.AllowedLateness, "allowed_lateness", 5*time.Minute, "how late a reading may arrive and still update its 1-minute aggregate")
-	flag.DurationVar(&cfg.Graph.Dedupe.Horizon, "dedupe_horizon", 24*time.Hour, "event-time horizon of exact (device, seq) deduplication")
-	flag.DurationVar(&cfg.Graph.Validation.MaxFuture, "max_future", 10*time.Minute, "how far ahead of its publish time a reading's ts may be")
-	flag.DurationVar(&cfg.Graph.Validation.MaxPast, "max_past", 0, "how far behind its publish time a reading's ts may be (0: no limit)")
-	flag.DurationVar(&cfg.Graph.BigtableWriteTimeout, "bigtable_write_timeout", 30*time.Second, "bound on one bundle's Bigtable write, retries included")
 	drain := flag.Duration("drain_timeout", 30*time.Second, "bound on the drain at shutdown")
 	flag.Parse()
 	beam.Init()
