@@ -123,29 +123,15 @@ const maxPartials = 50000
 type partialFn struct {
 	WindowMillis int64
 
-	partials map[partialKey]*Accumulator
-}
-
-type partialKey struct {
-	device, metric string
-	start          int64
+	partials *Summary
 }
 
 func (fn *partialFn) ProcessElement(e schemas.Event, emit func(beam.EventTime, string, Accumulator)) {
 	if fn.partials == nil {
-		fn.partials = map[partialKey]*Accumulator{}
+		fn.partials = &Summary{size: fn.WindowMillis, accs: map[summaryKey]*Accumulator{}}
 	}
-	start := windowStart(e.TS, fn.WindowMillis)
-	for name, v := range e.Metrics {
-		k := partialKey{e.DeviceID, name, start}
-		a := fn.partials[k]
-		if a == nil {
-			a = &Accumulator{}
-			fn.partials[k] = a
-		}
-		a.Add(Reading{TS: e.TS, Seq: e.Seq, Value: v, Buffered: e.Buffered})
-	}
-	if len(fn.partials) >= maxPartials {
+	fn.partials.Add(e)
+	if len(fn.partials.accs) >= maxPartials {
 		fn.flush(emit)
 	}
 }
@@ -155,10 +141,13 @@ func (fn *partialFn) FinishBundle(emit func(beam.EventTime, string, Accumulator)
 }
 
 func (fn *partialFn) flush(emit func(beam.EventTime, string, Accumulator)) {
-	for k, a := range fn.partials {
+	if fn.partials == nil {
+		return
+	}
+	for k, a := range fn.partials.accs {
 		emit(mtime.FromMilliseconds(a.LastTS), groupKey(k.device, k.metric), *a)
 	}
-	clear(fn.partials)
+	clear(fn.partials.accs)
 }
 
 // paneFn merges a firing's partials into the Aggregate, completed with its
