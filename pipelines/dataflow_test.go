@@ -19,7 +19,8 @@ import (
 func TestDataflowStreamingJobGraph(t *testing.T) {
 	p, err := pipelines.Streaming(context.Background(), pipelines.StreamingConfig{
 		Subscription: "projects/p/subscriptions/iot-events-pipeline",
-		Graph:        pipelines.GraphConfig{BigtableProject: "p", BigtableInstance: "iotpipe"},
+		Graph: pipelines.GraphConfig{BigtableProject: "p", BigtableInstance: "iotpipe",
+			DeadLetterTopic: "projects/p/topics/dl", AlertsTopic: "projects/p/topics/alerts"},
 	}, "dataflow")
 	if err != nil {
 		t.Fatal(err)
@@ -56,7 +57,7 @@ func TestDataflowStreamingJobGraph(t *testing.T) {
 	if payload.GetSubscription() != "projects/p/subscriptions/iot-events-pipeline" || !payload.GetWithAttributes() {
 		t.Errorf("native read payload = %v, want the subscription with attributes", &payload)
 	}
-	for _, want := range []string{"validate.Validate", "dedupe.Dedupe", "enrich.Enrich", "aggregate.PerMinute", "alerts.Thresholds", "bigtablesink.Write"} {
+	for _, want := range []string{"validate.Validate", "dedupe.Dedupe", "enrich.Enrich", "aggregate.PerMinute", "alerts.Thresholds", "bigtablesink.Write", "pubsubsink.Publish"} {
 		if !strings.Contains(all, want) {
 			t.Errorf("transform %s missing from the Dataflow graph:\n%s", want, all)
 		}

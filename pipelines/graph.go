@@ -18,6 +18,7 @@ import (
 	"github.com/iotpipe/iotpipe/transforms/bigtablesink"
 	"github.com/iotpipe/iotpipe/transforms/dedupe"
 	"github.com/iotpipe/iotpipe/transforms/enrich"
+	"github.com/iotpipe/iotpipe/transforms/pubsubsink"
 	"github.com/iotpipe/iotpipe/transforms/pubsubsource"
 	"github.com/iotpipe/iotpipe/transforms/validate"
 	"github.com/iotpipe/iotpipe/transforms/warehousesink"
@@ -28,6 +29,20 @@ func init() {
 	register.Function1x1(schemas.DeadLetterRow)
 	register.Function1x1(schemas.AggregateRow)
 	register.Function1x1(schemas.AlertRow)
+	register.Function1x1(deadLetterMessage)
+	register.Function1x1(alertMessage)
+}
+
+// deadLetterMessage is d on the dead-letter topic (see DeadLetter.PubsubMessage).
+func deadLetterMessage(d schemas.DeadLetter) pubsubsink.Message {
+	data, attrs := d.PubsubMessage()
+	return pubsubsink.Message{Data: data, Attributes: attrs, AckID: d.AckID}
+}
+
+// alertMessage is a on the alerts topic. Alerts are derived data and carry no receipt.
+func alertMessage(a schemas.Alert) pubsubsink.Message {
+	data, attrs := a.PubsubMessage()
+	return pubsubsink.Message{Data: data, Attributes: attrs}
 }
 
 // GraphConfig tunes the graph's transforms and says where it writes.
@@ -42,6 +57,12 @@ type GraphConfig struct {
 	// Warehouse, if set, is where readings and dead letters are also
 	// written for analytics: duckdb:///path/to/file.duckdb.
 	Warehouse string
+	// DeadLetterTopic, if set, also receives every dead letter
+	// (projects/{p}/topics/{t}): the refused payload and its attributes,
+	// plus why (schemas.AttrDeadLetterError and the other iotpipe_* attributes).
+	DeadLetterTopic string
+	// AlertsTopic, if set, also receives every threshold alert as JSON.
+	AlertsTopic string
 
 	BigtableProject  string
 	BigtableInstance string
@@ -55,6 +76,8 @@ func (c *GraphConfig) RegisterFlags(fs *flag.FlagSet) {
 	fs.StringVar(&c.BigtableProject, "bigtable_project", "", "Bigtable project")
 	fs.StringVar(&c.BigtableInstance, "bigtable_instance", "", "Bigtable instance")
 	fs.StringVar(&c.Warehouse, "warehouse", "", "also write readings and dead letters here: duckdb:///path/to/file.duckdb")
+	fs.StringVar(&c.DeadLetterTopic, "deadletter_topic", "", "also publish dead letters to this Pub/Sub topic (projects/P/topics/T)")
+	fs.StringVar(&c.AlertsTopic, "alerts_topic", "", "also publish threshold alerts to this Pub/Sub topic (projects/P/topics/T)")
 	fs.StringVar(&c.Reference, "reference", "", "static reference data (Dataset B), CSV or NDJSON, local or gs://")
 	fs.DurationVar(&c.Dedupe.Horizon, "dedupe_horizon", 24*time.Hour, "event-time horizon of exact (device, seq) deduplication")
 	fs.DurationVar(&c.Validation.MaxFuture, "max_future", 10*time.Minute, "how far ahead of its publish time a reading's ts may be")
@@ -73,6 +96,14 @@ func (c GraphConfig) Validate() error {
 	if c.Warehouse != "" {
 		if err := (warehousesink.Config{URL: c.Warehouse}).Validate(); err != nil {
 			return fmt.Errorf("--warehouse: %w", err)
+		}
+	}
+	for _, t := range []struct{ flag, topic string }{{"deadletter_topic", c.DeadLetterTopic}, {"alerts_topic", c.AlertsTopic}} {
+		if t.topic == "" {
+			continue
+		}
+		if err := (pubsubsink.Config{Topic: t.topic}).Validate(); err != nil {
+			return fmt.Errorf("--%s: %w", t.flag, err)
 		}
 	}
 	return nil
@@ -113,8 +144,16 @@ func Graph(ctx context.Context, s beam.Scope, cfg GraphConfig, msgs beam.PCollec
 
 	enriched := enrich.Enrich(s, events, cfg.Reference)
 	write("Aggregates", schemas.AggregatesTable, beam.ParDo(s, schemas.AggregateRow, aggregate.PerMinute(s, enriched, cfg.Aggregate)))
-	write("Alerts", schemas.AlertsTable, beam.ParDo(s, schemas.AlertRow, alerts.Thresholds(s, enriched, cfg.Reference, cfg.Alerts)))
+	alerted := alerts.Thresholds(s, enriched, cfg.Reference, cfg.Alerts)
+	write("Alerts", schemas.AlertsTable, beam.ParDo(s, schemas.AlertRow, alerted))
+	if cfg.AlertsTopic != "" {
+		pubsubsink.Publish(s.Scope("AlertsTopic"), pubsubsink.Config{Topic: cfg.AlertsTopic}, beam.ParDo(s, alertMessage, alerted))
+	}
 	groups := []pubsubsource.ReceiptGroup{{written}, {deadWritten}, {repeats}}
+	if cfg.DeadLetterTopic != "" {
+		groups[1] = append(groups[1], pubsubsink.Publish(s.Scope("DeadLetterTopic"),
+			pubsubsink.Config{Topic: cfg.DeadLetterTopic}, beam.ParDo(s, deadLetterMessage, dead)))
+	}
 	if cfg.Warehouse != "" {
 		wh := warehousesink.Config{URL: cfg.Warehouse}
 		groups[0] = append(groups[0], warehousesink.Write(s.Scope("Warehouse"), wh, events))

@@ -24,6 +24,8 @@ func TestMain(m *testing.M) { ptest.Main(m) }
 
 const project, instance = "p", "i"
 
+var deadLetterTopic = fmt.Sprintf("projects/%s/topics/%s", project, stack.DeadLetterTopic)
+
 // startEmulators starts emulators on free ports with the local resources and
 // points this process's Google clients at them.
 func startEmulators(t testing.TB) *emulators.Emulators {
@@ -81,7 +83,8 @@ func TestStreamingWritesReadingsAndDeadLettersThenDrains(t *testing.T) {
 	sv := &pipelines.Supervisor{
 		Config: pipelines.StreamingConfig{
 			Subscription: fmt.Sprintf("projects/%s/subscriptions/%s", project, stack.EventsSubscription),
-			Graph:        pipelines.GraphConfig{BigtableProject: project, BigtableInstance: instance},
+			Graph: pipelines.GraphConfig{BigtableProject: project, BigtableInstance: instance,
+				DeadLetterTopic: deadLetterTopic},
 		},
 		Logger: slog.New(slog.NewTextHandler(io.Discard, nil)),
 		OnFailure: func(err error) {
@@ -116,6 +119,22 @@ func TestStreamingWritesReadingsAndDeadLettersThenDrains(t *testing.T) {
 	if got := cellValue(dl, schemas.FamilyDeadLetter, "error"); got == "" {
 		t.Error("dead letter has no error message")
 	}
+	// The dead letter is acked only once it is on the dead-letter topic too.
+	waitAcked(t, emu, badID, 10*time.Second)
+	var onTopic []string
+	for _, m := range emu.Pubsub.Messages() {
+		if m.Topic == deadLetterTopic {
+			onTopic = append(onTopic, m.ID)
+			if string(m.Data) != `{"ts":"yesterday"}` || m.Attributes[schemas.AttrSourceMessageID] != badID ||
+				m.Attributes[schemas.AttrDeadLetterStage] != validate.Stage || m.Attributes[schemas.AttrDeadLetterError] == "" ||
+				m.Attributes[schemas.AttrDeviceID] != "d1" {
+				t.Errorf("dead-letter topic message: data %q, attributes %v", m.Data, m.Attributes)
+			}
+		}
+	}
+	if len(onTopic) != 1 {
+		t.Errorf("dead-letter topic holds %d messages (%v), want 1", len(onTopic), onTopic)
+	}
 
 	// A message published just before the drain is still processed and acked.
 	last := publish(t, emu, "d2", `{"ts":1700000000500,"seq":9,"metrics":{"t":1}}`)
@@ -130,7 +149,7 @@ func TestStreamingWritesReadingsAndDeadLettersThenDrains(t *testing.T) {
 		t.Fatal("streaming job did not drain within 60 s")
 	}
 	for _, m := range emu.Pubsub.Messages() {
-		if m.Acks == 0 {
+		if m.Topic != deadLetterTopic && m.Acks == 0 {
 			t.Errorf("message %s (%s) was never acked", m.ID, m.Data)
 		}
 	}

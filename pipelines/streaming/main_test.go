@@ -5,6 +5,7 @@ import (
 	"io"
 	"log/slog"
 	"os"
+	"strings"
 	"testing"
 	"time"
 
@@ -42,14 +43,19 @@ func TestBadFlagsFailBeforeAnyJob(t *testing.T) {
 	for _, tc := range []struct {
 		name string
 		cfg  pipelines.StreamingConfig
+		want string // in the error
 	}{
-		{"no subscription", pipelines.StreamingConfig{Graph: pipelines.GraphConfig{BigtableProject: "p", BigtableInstance: "i"}}},
-		{"topic instead of subscription", pipelines.StreamingConfig{Subscription: "projects/p/topics/t", Graph: pipelines.GraphConfig{BigtableProject: "p", BigtableInstance: "i"}}},
-		{"no bigtable instance", pipelines.StreamingConfig{Subscription: "projects/p/subscriptions/s", Graph: pipelines.GraphConfig{BigtableProject: "p"}}},
+		{"no subscription", pipelines.StreamingConfig{Graph: pipelines.GraphConfig{BigtableProject: "p", BigtableInstance: "i"}}, "--input_subscription"},
+		{"topic instead of subscription", pipelines.StreamingConfig{Subscription: "projects/p/topics/t", Graph: pipelines.GraphConfig{BigtableProject: "p", BigtableInstance: "i"}}, "--input_subscription"},
+		{"no bigtable instance", pipelines.StreamingConfig{Subscription: "projects/p/subscriptions/s", Graph: pipelines.GraphConfig{BigtableProject: "p"}}, "--bigtable_instance"},
+		{"dead-letter topic id without project", pipelines.StreamingConfig{Subscription: "projects/p/subscriptions/s", Graph: pipelines.GraphConfig{BigtableProject: "p", BigtableInstance: "i", DeadLetterTopic: "dl"}}, "--deadletter_topic"},
+		{"alerts topic is a subscription", pipelines.StreamingConfig{Subscription: "projects/p/subscriptions/s", Graph: pipelines.GraphConfig{BigtableProject: "p", BigtableInstance: "i", AlertsTopic: "projects/p/subscriptions/a"}}, "--alerts_topic"},
+		{"warehouse scheme unknown", pipelines.StreamingConfig{Subscription: "projects/p/subscriptions/s", Graph: pipelines.GraphConfig{BigtableProject: "p", BigtableInstance: "i", Warehouse: "mysql://x"}}, "--warehouse"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			if err := run(tc.cfg, time.Second, slog.New(slog.NewTextHandler(io.Discard, nil))); err == nil {
-				t.Fatal("run accepted a bad configuration")
+			err := run(tc.cfg, time.Second, slog.New(slog.NewTextHandler(io.Discard, nil)))
+			if err == nil || !strings.Contains(err.Error(), tc.want) {
+				t.Fatalf("run error = %v, want one naming %s", err, tc.want)
 			}
 		})
 	}

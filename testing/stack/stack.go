@@ -63,6 +63,12 @@ const (
 	EventsTopic        = "iot-events"
 	StateTopic         = "iot-state"
 	EventsSubscription = "iot-events-pipeline"
+	// DeadLetterTopic receives every dead letter and AlertsTopic every
+	// threshold alert; each has a subscription for whoever reviews them.
+	DeadLetterTopic        = "iot-deadletters"
+	DeadLetterSubscription = "iot-deadletters-review"
+	AlertsTopic            = "iot-alerts"
+	AlertsSubscription     = "iot-alerts-notify"
 	Bucket             = "iotpipe-local"
 	// ArchivePrefix and ReferenceObject live in Bucket.
 	ArchivePrefix   = "raw"
@@ -86,8 +92,12 @@ func Resources(project, instance string) emulators.Resources {
 	return emulators.Resources{
 		Project:        project,
 		Instance:       instance,
-		Topics:         []string{EventsTopic, StateTopic},
-		Subscriptions:  map[string]string{EventsSubscription: EventsTopic},
+		Topics:         []string{EventsTopic, StateTopic, DeadLetterTopic, AlertsTopic},
+		Subscriptions: map[string]string{
+			EventsSubscription:     EventsTopic,
+			DeadLetterSubscription: DeadLetterTopic,
+			AlertsSubscription:     AlertsTopic,
+		},
 		BigtableTables: tables,
 		Buckets:        []string{Bucket},
 	}
@@ -149,6 +159,8 @@ func Start(ctx context.Context, cfg Config, logger *slog.Logger) (_ *Stack, err 
 			Graph: pipelines.GraphConfig{
 				Reference:            "gs://" + Bucket + "/" + ReferenceObject,
 				Warehouse:            "duckdb://" + st.Emulators.WarehousePath,
+				DeadLetterTopic:      fmt.Sprintf("projects/%s/topics/%s", cfg.Project, DeadLetterTopic),
+				AlertsTopic:          fmt.Sprintf("projects/%s/topics/%s", cfg.Project, AlertsTopic),
 				Aggregate:            aggregate.Config{AllowedLateness: 5 * time.Minute},
 				BigtableProject:      cfg.Project,
 				BigtableInstance:     cfg.Instance,
