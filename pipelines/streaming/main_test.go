@@ -15,6 +15,12 @@ import (
 )
 
 func TestMain(m *testing.M) {
+	if args, ok := os.LookupEnv(childArgsEnv); ok {
+		// Re-executed by a test as the streaming command itself.
+		os.Args = append([]string{"streaming"}, strings.Split(args, "\n")...)
+		main()
+		os.Exit(0)
+	}
 	flag.Parse()
 	beam.Init()
 	os.Exit(m.Run())
