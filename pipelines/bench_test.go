@@ -11,10 +11,13 @@ import (
 	"testing"
 	"time"
 
+	"cloud.google.com/go/pubsub/v2/apiv1/pubsubpb"
 	"github.com/apache/beam/sdks/v2/go/pkg/beam/runners/prism"
 
 	"github.com/iotpipe/iotpipe/pipelines"
 	"github.com/iotpipe/iotpipe/schemas"
+	"github.com/iotpipe/iotpipe/testing/emulators"
+	"github.com/iotpipe/iotpipe/testing/pubsubqueue"
 	"github.com/iotpipe/iotpipe/testing/stack"
 	"github.com/iotpipe/iotpipe/transforms/aggregate"
 	"github.com/iotpipe/iotpipe/transforms/alerts"
@@ -28,6 +31,7 @@ var (
 	benchEvents   = flag.Int("bench_events", 200_000, "events per run of BenchmarkBackfill")
 	benchBacklog  = flag.Int("bench_backlog", 200_000, "backlog size of BenchmarkStreamingBacklog")
 	benchProgress = flag.Bool("bench_progress", false, "print BenchmarkStreamingBacklog's acked count every 100 ms")
+	benchPubsub   = flag.String("bench_pubsub", "queue", "Pub/Sub server of BenchmarkStreamingBacklog: queue (testing/pubsubqueue, O(log n) per message) or pstest (rescans the backlog on every pull)")
 )
 
 // fleetMessage is the i-th message of a simulated fleet of 1,000 devices
@@ -84,11 +88,7 @@ func BenchmarkStreamingBacklog(b *testing.B) {
 	for i := 0; i < b.N; i++ {
 		b.StopTimer()
 		emu := startEmulators(b)
-		topic := fmt.Sprintf("projects/%s/topics/%s", project, stack.EventsTopic)
-		for j := 0; j < n; j++ {
-			attrs, data := fleetMessage(j)
-			emu.Pubsub.Publish(topic, data, attrs)
-		}
+		acks := loadBacklog(b, emu, n)
 		sv := &pipelines.Supervisor{
 			Config: pipelines.StreamingConfig{
 				Subscription: fmt.Sprintf("projects/%s/subscriptions/%s", project, stack.EventsSubscription),
@@ -103,17 +103,17 @@ func BenchmarkStreamingBacklog(b *testing.B) {
 		start := time.Now()
 		go func() { done <- sv.Run(ctx) }()
 		tick := time.NewTicker(100 * time.Millisecond)
-		for emu.PubsubAcks() < int64(n) {
+		for acks() < int64(n) {
 			select {
 			case err := <-done:
 				b.Fatalf("streaming job ended early: %v", err)
 			case <-tick.C:
 			}
 			if *benchProgress {
-				fmt.Fprintf(os.Stderr, "%v acked %d\n", time.Since(start).Round(time.Millisecond), emu.PubsubAcks())
+				fmt.Fprintf(os.Stderr, "%v acked %d\n", time.Since(start).Round(time.Millisecond), acks())
 			}
 			if time.Since(start) > 30*time.Minute {
-				b.Fatalf("backlog of %d not drained in 30 min (%d acked)", n, emu.PubsubAcks())
+				b.Fatalf("backlog of %d not drained in 30 min (%d acked)", n, acks())
 			}
 		}
 		tick.Stop()
@@ -123,6 +123,46 @@ func BenchmarkStreamingBacklog(b *testing.B) {
 		<-done
 		emu.Close()
 	}
+}
+
+// loadBacklog publishes n fleet messages on the events topic of the server
+// -bench_pubsub names, points the process's Pub/Sub clients at it, and
+// returns its count of acknowledged messages.
+func loadBacklog(b *testing.B, emu *emulators.Emulators, n int) (acks func() int64) {
+	topic := fmt.Sprintf("projects/%s/topics/%s", project, stack.EventsTopic)
+	switch *benchPubsub {
+	case "pstest":
+		for j := 0; j < n; j++ {
+			attrs, data := fleetMessage(j)
+			emu.Pubsub.Publish(topic, data, attrs)
+		}
+		return emu.PubsubAcks
+	case "queue":
+		srv, err := pubsubqueue.Start("127.0.0.1:0")
+		if err != nil {
+			b.Fatal(err)
+		}
+		b.Cleanup(srv.Close)
+		b.Setenv("PUBSUB_EMULATOR_HOST", srv.Addr)
+		ctx := context.Background()
+		if _, err := srv.CreateTopic(ctx, &pubsubpb.Topic{Name: topic}); err != nil {
+			b.Fatal(err)
+		}
+		if _, err := srv.CreateSubscription(ctx, &pubsubpb.Subscription{
+			Name: fmt.Sprintf("projects/%s/subscriptions/%s", project, stack.EventsSubscription), Topic: topic, AckDeadlineSeconds: 60,
+		}); err != nil {
+			b.Fatal(err)
+		}
+		for j := 0; j < n; j++ {
+			attrs, data := fleetMessage(j)
+			if err := srv.PublishDirect(topic, data, attrs); err != nil {
+				b.Fatal(err)
+			}
+		}
+		return srv.Acks
+	}
+	b.Fatalf("-bench_pubsub=%q: want queue or pstest", *benchPubsub)
+	return nil
 }
 
 // BenchmarkKernel is the graph's work as plain Go on one goroutine, no
