@@ -64,9 +64,18 @@ type telemetrySchema struct {
 	major, minor int
 	raw          []byte
 	compiled     *jsonschema.Schema
+	// checker is the schema compiled to Go checks (telemetry_compile.go);
+	// nil when the schema uses a keyword outside that subset, which
+	// notCompiled then names, and the library validates alone.
+	checker     *checkNode
+	notCompiled error
 }
 
-// LoadSchemas compiles the embedded telemetry schemas. It fails if a file is
+// LoadSchemas compiles the embedded telemetry schemas, each twice: with the
+// JSON Schema library, the reference, and into Go checks for the keyword
+// subset the telemetry schemas use (telemetry_compile.go), which validate
+// several times faster; a schema outside that subset validates with the
+// library only. It fails if a file is
 // misnamed, its $id or dialect is wrong, it does not compile, minor versions
 // are not numbered 0, 1, 2, ... within a major, or a minor version breaks the
 // versioning rule (see CheckMinorEvolution).
@@ -120,7 +129,11 @@ func loadSchemas(fsys fs.FS) (*SchemaRegistry, error) {
 		if err := c.AddResource(id, doc); err != nil {
 			return nil, fmt.Errorf("telemetry schema %s: %w", name, err)
 		}
-		r.versions[class] = append(r.versions[class], &telemetrySchema{id: id, class: class, major: major, minor: minor, raw: raw})
+		checker, notCompiled := compileTelemetrySchema(doc)
+		r.versions[class] = append(r.versions[class], &telemetrySchema{
+			id: id, class: class, major: major, minor: minor, raw: raw,
+			checker: checker, notCompiled: notCompiled,
+		})
 	}
 	for class, vs := range r.versions {
 		sort.Slice(vs, func(i, j int) bool {
@@ -195,7 +208,27 @@ func (r *SchemaRegistry) Validate(class string, doc any) (schemaID string, err e
 	return s.id, s.validate(doc)
 }
 
+// validate checks doc with the compiled checks when the schema has them,
+// and with the library otherwise, or when doc holds a value the compiled
+// checks leave to the library (see checkNode.validate). Both give the same
+// answer and the same problems.
 func (s *telemetrySchema) validate(doc any) error {
+	if s.checker == nil {
+		return s.validateLibrary(doc)
+	}
+	problems, decided := s.checker.validate(doc)
+	switch {
+	case !decided:
+		return s.validateLibrary(doc)
+	case len(problems) > 0:
+		return &SchemaViolation{SchemaID: s.id, Problems: problems}
+	}
+	return nil
+}
+
+// validateLibrary checks doc with the JSON Schema library: the reference
+// the compiled checks are held to.
+func (s *telemetrySchema) validateLibrary(doc any) error {
 	err := s.compiled.Validate(doc)
 	if err == nil {
 		return nil
@@ -322,6 +355,9 @@ func newSchemaViolation(id string, ve *jsonschema.ValidationError) *SchemaViolat
 			}
 			return
 		}
+		if k, ok := e.ErrorKind.(*kind.AdditionalProperties); ok {
+			sort.Strings(k.Properties) // listed in map order
+		}
 		keyword := strings.Join(e.ErrorKind.KeywordPath(), "/")
 		v.Problems = append(v.Problems, SchemaProblem{
 			Field:   jsonPointer(e.InstanceLocation),
@@ -330,8 +366,14 @@ func newSchemaViolation(id string, ve *jsonschema.ValidationError) *SchemaViolat
 		})
 	}
 	walk(ve)
-	sort.Slice(v.Problems, func(i, j int) bool {
-		a, b := v.Problems[i], v.Problems[j]
+	sortProblems(v.Problems)
+	return v
+}
+
+// sortProblems orders problems by field, keyword, then message.
+func sortProblems(ps []SchemaProblem) {
+	sort.Slice(ps, func(i, j int) bool {
+		a, b := ps[i], ps[j]
 		if a.Field != b.Field {
 			return a.Field < b.Field
 		}
@@ -340,7 +382,6 @@ func newSchemaViolation(id string, ve *jsonschema.ValidationError) *SchemaViolat
 		}
 		return a.Message < b.Message
 	})
-	return v
 }
 
 func jsonPointer(tokens []string) string {
