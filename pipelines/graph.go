@@ -75,7 +75,7 @@ type GraphConfig struct {
 func (c *GraphConfig) RegisterFlags(fs *flag.FlagSet) {
 	fs.StringVar(&c.BigtableProject, "bigtable_project", "", "Bigtable project")
 	fs.StringVar(&c.BigtableInstance, "bigtable_instance", "", "Bigtable instance")
-	fs.StringVar(&c.Warehouse, "warehouse", "", "also write readings and dead letters here: duckdb:///path/to/file.duckdb")
+	fs.StringVar(&c.Warehouse, "warehouse", "", "also write readings and dead letters here: duckdb:///path/to/file.duckdb or bigquery://project/dataset (BIGQUERY_STORAGE_EMULATOR_HOST points it at a local Storage Write API)")
 	fs.StringVar(&c.DeadLetterTopic, "deadletter_topic", "", "also publish dead letters to this Pub/Sub topic (projects/P/topics/T)")
 	fs.StringVar(&c.AlertsTopic, "alerts_topic", "", "also publish threshold alerts to this Pub/Sub topic (projects/P/topics/T)")
 	fs.StringVar(&c.Reference, "reference", "", "static reference data (Dataset B), CSV or NDJSON, local or gs://")

@@ -1,6 +1,7 @@
 // Package emulators starts, in process, the local stand-ins for the GCP services
-// iotpipe uses (Pub/Sub, Bigtable, GCS, and a DuckDB file as the warehouse), and
-// provisions on them what Terraform creates in the cloud.
+// iotpipe uses (Pub/Sub, Bigtable, GCS, the BigQuery Storage Write API, and a
+// DuckDB file as the warehouse), and provisions on them what Terraform creates
+// in the cloud.
 package emulators
 
 import (
@@ -29,6 +30,11 @@ type Config struct {
 	BigtablePort  int    // default 8086
 	GCSPort       int    // default 4443
 	WarehousePath string // DuckDB database file; "" means <os.TempDir()>/iotpipe-<random>/warehouse.duckdb
+
+	// BigQueryPort is the BigQuery Storage Write API fake's port. No
+	// Google tool looks for one, so there is no conventional port: the
+	// default 0 picks a free one (see Emulators.BigQueryWriteAddr).
+	BigQueryPort int
 }
 
 // DefaultConfig returns the ports the Google emulators and fake-gcs-server use
@@ -48,6 +54,7 @@ func (c *Config) RegisterFlags(fs *flag.FlagSet) {
 	fs.IntVar(&c.PubsubPort, "pubsub_port", c.PubsubPort, "Pub/Sub emulator port (0 picks a free port)")
 	fs.IntVar(&c.BigtablePort, "bigtable_port", c.BigtablePort, "Bigtable emulator port (0 picks a free port)")
 	fs.IntVar(&c.GCSPort, "gcs_port", c.GCSPort, "GCS emulator port (0 picks a free port)")
+	fs.IntVar(&c.BigQueryPort, "bigquery_port", c.BigQueryPort, "BigQuery Storage Write API emulator port (0 picks a free port)")
 	fs.StringVar(&c.WarehousePath, "warehouse", c.WarehousePath, `DuckDB warehouse file ("" means a new file in a temporary directory, removed on exit)`)
 }
 
@@ -57,9 +64,18 @@ type Emulators struct {
 	GCSURL                            string // plain HTTP base URL of the GCS emulator, e.g. http://127.0.0.1:4443
 	WarehousePath                     string
 
+	// BigQueryWriteAddr is the BigQuery Storage Write API fake's host:port:
+	// warehousesink.Config.BigQueryEmulator, or the variable
+	// warehousesink.BigQueryEmulatorHostEnv. Env leaves it out because no
+	// Google client library reads it.
+	BigQueryWriteAddr string
+
 	Pubsub   *pstest.Server
 	Bigtable *bttest.Server
 	GCS      *fakestorage.Server
+	// BigQueryWrite holds the warehouse tables (see Resources.BigQueryDataset)
+	// and the rows appended to them.
+	BigQueryWrite *BigQueryWriteServer
 
 	faults     writeFaults
 	pubsubAcks atomic.Int64
@@ -92,6 +108,9 @@ func Start(cfg Config) (_ *Emulators, err error) {
 		return nil, err
 	}
 	if err := e.startGCS(cfg); err != nil {
+		return nil, err
+	}
+	if err := e.startBigQueryWrite(cfg); err != nil {
 		return nil, err
 	}
 	if err := e.initWarehouse(cfg.WarehousePath); err != nil {
@@ -172,6 +191,16 @@ func (e *Emulators) startGCS(cfg Config) error {
 	return nil
 }
 
+func (e *Emulators) startBigQueryWrite(cfg Config) error {
+	l, err := listen("bigquery", "bigquery_port", cfg.Host, cfg.BigQueryPort)
+	if err != nil {
+		return err
+	}
+	e.BigQueryWrite = NewBigQueryWriteServer(l)
+	e.BigQueryWriteAddr = e.BigQueryWrite.Addr
+	return nil
+}
+
 // Env returns the variables that point Google's client libraries at the emulators.
 func (e *Emulators) Env() map[string]string {
 	return map[string]string{
@@ -189,6 +218,9 @@ func (e *Emulators) Env() map[string]string {
 func (e *Emulators) Close() error {
 	e.closeOnce.Do(func() {
 		var errs []error
+		if e.BigQueryWrite != nil {
+			e.BigQueryWrite.Close()
+		}
 		if e.gcsHTTP != nil {
 			errs = append(errs, e.gcsHTTP.Close())
 		}

@@ -17,6 +17,8 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/status"
+
+	"github.com/iotpipe/iotpipe/schemas"
 )
 
 // Resources is what Terraform creates in the cloud.
@@ -27,6 +29,10 @@ type Resources struct {
 	Subscriptions  map[string]string   // subscription id -> topic id
 	BigtableTables map[string][]string // table -> column families
 	Buckets        []string
+	// BigQueryDataset, if set, is the dataset in which every warehouse
+	// table of the schemas package is created on the BigQuery fake, with
+	// its partitioning and clustering, as Terraform creates them.
+	BigQueryDataset string
 }
 
 // subscriptionAckDeadlineSeconds matches the Terraform module's default.
@@ -47,7 +53,30 @@ func (e *Emulators) Provision(ctx context.Context, r Resources) error {
 	if err := e.provisionBigtable(ctx, r); err != nil {
 		return err
 	}
-	return e.provisionBuckets(ctx, r)
+	if err := e.provisionBuckets(ctx, r); err != nil {
+		return err
+	}
+	return e.provisionBigQuery(r)
+}
+
+// provisionBigQuery creates the warehouse tables on the fake directly:
+// tables are made through BigQuery's REST API, which the fake does not
+// serve, only the Storage Write API.
+func (e *Emulators) provisionBigQuery(r Resources) error {
+	if r.BigQueryDataset == "" {
+		return nil
+	}
+	tables, err := schemas.WarehouseTables()
+	if err != nil {
+		return fmt.Errorf("provision: bigquery tables: %w", err)
+	}
+	for _, t := range tables {
+		err := e.BigQueryWrite.CreateTable(r.Project, r.BigQueryDataset, t)
+		if err != nil && status.Code(err) != codes.AlreadyExists {
+			return fmt.Errorf("provision: create bigquery table %s: %w", BigQueryTableName(r.Project, r.BigQueryDataset, t.Name), err)
+		}
+	}
+	return nil
 }
 
 func (e *Emulators) provisionPubsub(ctx context.Context, r Resources) error {

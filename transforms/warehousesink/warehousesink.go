@@ -1,14 +1,13 @@
 // Package warehousesink writes telemetry readings and dead letters to the
-// warehouse tables of schemas (warehouse/*.json), one transaction per bundle.
-// The embedded default is a DuckDB file; BigQuery is not wired in yet.
+// warehouse tables of schemas (warehouse/*.json) and hands back their
+// receipts only once the rows are durable: one DuckDB transaction per bundle
+// (the embedded default), or BigQuery Storage Write API appends to the
+// tables' default streams whose results reported success.
 package warehousesink
 
 import (
 	"context"
-	"database/sql"
-	"fmt"
 	"sort"
-	"strings"
 	"time"
 
 	"github.com/apache/beam/sdks/v2/go/pkg/beam"
@@ -25,290 +24,271 @@ func init() {
 
 // Config says where the warehouse is.
 type Config struct {
-	// URL is duckdb:///path/to/file.duckdb. bigquery:// is not yet supported.
+	// URL is duckdb:///path/to/file.duckdb or bigquery://project/dataset.
 	URL string
-	// Dataset is the BigQuery dataset, or DuckDB schema, holding the tables
-	// and views (default "main", DuckDB's default schema).
+	// Dataset is the DuckDB schema holding the tables and views (default
+	// "main", DuckDB's default schema). A bigquery:// URL names its dataset
+	// itself; Dataset must then be empty or the same.
 	Dataset string
+	// BigQueryEmulator, if set, is the host:port of a local BigQuery Storage
+	// Write API server (testing/emulators), dialled in plaintext without
+	// credentials. Empty means the BIGQUERY_STORAGE_EMULATOR_HOST variable
+	// where the client is built, and without it Google's endpoint with
+	// Application Default Credentials. Only bigquery:// URLs use it.
+	BigQueryEmulator string
 }
 
 // Validate reports whether the sink can write to cfg, so main can refuse a
 // bad flag before the pipeline starts; the sink's Setup fails the same way.
 func (c Config) Validate() error {
-	if _, err := duckDBPath(c.URL); err != nil {
-		return err
-	}
-	_, err := schemas.WarehouseViewSQL(c.withDefaults().Dataset)
+	_, err := c.target()
 	return err
 }
-
-func (c Config) withDefaults() Config {
-	if c.Dataset == "" {
-		c.Dataset = "main"
-	}
-	return c
-}
-
-// maxRowsPerInsert bounds one multi-row INSERT (and so its parameter count).
-const maxRowsPerInsert = 500
 
 // Write stores every event of events (a PCollection of schemas.Event) in the
 // telemetry table, one row per metric, and returns the events' receipts
 // (Event.AckID where non-empty, a PCollection of string) once the bundle's
-// transaction has committed, for the source to acknowledge.
+// rows are durable: its DuckDB transaction committed, or every BigQuery
+// append reported success. A bundle that fails hands back no receipt, so its
+// messages are delivered again.
 //
 // Writes are at least once: a retried or replayed bundle inserts its rows
-// again. That is harmless because readers use the telemetry_dedup view, which
-// keeps one row per (device_id, seq, metric), the first ingested.
+// again (on BigQuery, even some rows of a failed bundle may have landed).
+// That is harmless because readers use the telemetry_dedup view, which keeps
+// one row per (device_id, seq, metric), the first ingested.
 func Write(s beam.Scope, cfg Config, events beam.PCollection) beam.PCollection {
 	s = s.Scope("warehousesink.Write")
-	cfg = cfg.withDefaults()
-	return beam.ParDo(s, &telemetryFn{URL: cfg.URL, Dataset: cfg.Dataset}, events)
+	return beam.ParDo(s, &telemetryFn{URL: cfg.URL, Dataset: cfg.Dataset, BigQueryEmulator: cfg.BigQueryEmulator}, events)
 }
 
 // WriteDeadLetters stores every record of deadLetters (a PCollection of
 // schemas.DeadLetter) in the deadletter table and returns their receipts
-// (DeadLetter.AckID where non-empty) once the bundle's transaction has
-// committed. A replayed record is stored again, with the same message_id.
+// (DeadLetter.AckID where non-empty) once the rows are durable, as Write
+// does. A replayed record is stored again, with the same message_id.
 func WriteDeadLetters(s beam.Scope, cfg Config, deadLetters beam.PCollection) beam.PCollection {
 	s = s.Scope("warehousesink.WriteDeadLetters")
-	cfg = cfg.withDefaults()
-	return beam.ParDo(s, &deadLetterFn{URL: cfg.URL, Dataset: cfg.Dataset}, deadLetters)
+	return beam.ParDo(s, &deadLetterFn{URL: cfg.URL, Dataset: cfg.Dataset, BigQueryEmulator: cfg.BigQueryEmulator}, deadLetters)
 }
 
+// The sinks build rows as values in these column orders; every backend
+// checks at Setup that they are the table's columns, in the schema's order.
 var (
 	telemetryColumns = []string{
 		"device_id", "seq", "ts", "metric", "value", "registry", "location", "subfolder",
 		"message_id", "publish_time", "ingest_time", "buffered", "device_class", "schema_id",
 	}
-	telemetryTuple    = placeholders(len(telemetryColumns))
 	deadLetterColumns = []string{
 		"timestamp", "payloadString", "payloadBytes", "attributes", "errorMessage",
 		"stacktrace", "stage", "schema_id", "message_id", "publish_time",
 	}
 )
 
-type telemetryFn struct {
-	URL     string
-	Dataset string
+// A row is one value per column, in the column order its writer was opened
+// with. Values are nil (NULL), string, int64, float64, bool, time.Time
+// (TIMESTAMP, UTC), []byte, or []record for a REPEATED RECORD column; each
+// backend turns them into its own form.
+type record map[string]any
 
-	w bundleWriter
+type telemetryFn struct {
+	URL              string
+	Dataset          string
+	BigQueryEmulator string
+
+	b bundle
 }
 
 func (fn *telemetryFn) Setup(ctx context.Context) error {
-	return fn.w.setup(ctx, fn.URL, fn.Dataset, schemas.TelemetryTable, telemetryColumns)
+	cfg := Config{URL: fn.URL, Dataset: fn.Dataset, BigQueryEmulator: fn.BigQueryEmulator}
+	return fn.b.setup(ctx, cfg, schemas.TelemetryTable, telemetryColumns)
 }
 
-func (fn *telemetryFn) Teardown() error { return fn.w.teardown() }
+func (fn *telemetryFn) Teardown() error { return fn.b.teardown() }
 
-func (fn *telemetryFn) StartBundle(_ context.Context, _ func(string)) { fn.w.reset() }
+func (fn *telemetryFn) StartBundle(_ context.Context, _ func(string)) { fn.b.reset() }
 
 func (fn *telemetryFn) ProcessElement(ctx context.Context, e schemas.Event, _ func(string)) error {
 	ingest := time.Now().UTC()
 	for _, name := range e.MetricNames() {
-		fn.w.add(telemetryTuple,
+		err := fn.b.add(ctx, []any{
 			e.DeviceID, e.Seq, millis(e.TS), name, e.Metrics[name],
-			nullString(e.Registry), nullString(e.Location), nullString(e.SubFolder),
-			nullString(e.MessageID), nullMillis(e.PublishMillis), ingest, e.Buffered,
-			nullString(e.DeviceClass), nullString(e.SchemaID))
-		if err := fn.w.maybeFlush(ctx); err != nil {
+			optString(e.Registry), optString(e.Location), optString(e.SubFolder),
+			optString(e.MessageID), optMillis(e.PublishMillis), ingest, e.Buffered,
+			optString(e.DeviceClass), optString(e.SchemaID),
+		})
+		if err != nil {
 			return err
 		}
 	}
-	fn.w.ack(e.AckID)
+	fn.b.ack(e.AckID)
 	return nil
 }
 
 func (fn *telemetryFn) FinishBundle(ctx context.Context, written func(string)) error {
-	return fn.w.commit(ctx, written)
+	return fn.b.commit(ctx, written)
 }
 
 type deadLetterFn struct {
-	URL     string
-	Dataset string
+	URL              string
+	Dataset          string
+	BigQueryEmulator string
 
-	w bundleWriter
+	b bundle
 }
 
 func (fn *deadLetterFn) Setup(ctx context.Context) error {
-	return fn.w.setup(ctx, fn.URL, fn.Dataset, schemas.DeadLetterTable, deadLetterColumns)
+	cfg := Config{URL: fn.URL, Dataset: fn.Dataset, BigQueryEmulator: fn.BigQueryEmulator}
+	return fn.b.setup(ctx, cfg, schemas.DeadLetterTable, deadLetterColumns)
 }
 
-func (fn *deadLetterFn) Teardown() error { return fn.w.teardown() }
+func (fn *deadLetterFn) Teardown() error { return fn.b.teardown() }
 
-func (fn *deadLetterFn) StartBundle(_ context.Context, _ func(string)) { fn.w.reset() }
+func (fn *deadLetterFn) StartBundle(_ context.Context, _ func(string)) { fn.b.reset() }
 
 func (fn *deadLetterFn) ProcessElement(ctx context.Context, d schemas.DeadLetter, _ func(string)) error {
-	// The attributes are a list of structs; spelling it as a DuckDB list
-	// literal of bound keys and values avoids relying on the driver to bind
-	// nested types. Keys are sorted so a replay stores the same list.
+	// Keys are sorted so a replay stores the same list.
 	keys := make([]string, 0, len(d.Attributes))
 	for k := range d.Attributes {
 		keys = append(keys, k)
 	}
 	sort.Strings(keys)
-	attrs := make([]string, len(keys))
-	args := []any{millis(d.TimestampMillis), nullString(d.PayloadString), nullBytes(d.PayloadBytes)}
+	attrs := make([]record, len(keys))
 	for i, k := range keys {
-		attrs[i] = "{'key': ?, 'value': ?}"
-		args = append(args, k, d.Attributes[k])
+		attrs[i] = record{"key": k, "value": d.Attributes[k]}
 	}
-	args = append(args, nullString(d.ErrorMessage), nullString(d.Stacktrace), d.Stage,
-		nullString(d.SchemaID), nullString(d.MessageID), nullMillis(d.PublishMillis))
-	tuple := "(?, ?, ?, [" + strings.Join(attrs, ", ") + "], ?, ?, ?, ?, ?, ?)"
-	fn.w.add(tuple, args...)
-	if err := fn.w.maybeFlush(ctx); err != nil {
+	err := fn.b.add(ctx, []any{
+		millis(d.TimestampMillis), optString(d.PayloadString), optBytes(d.PayloadBytes), attrs,
+		optString(d.ErrorMessage), optString(d.Stacktrace), d.Stage,
+		optString(d.SchemaID), optString(d.MessageID), optMillis(d.PublishMillis),
+	})
+	if err != nil {
 		return err
 	}
-	fn.w.ack(d.AckID)
+	fn.b.ack(d.AckID)
 	return nil
 }
 
 func (fn *deadLetterFn) FinishBundle(ctx context.Context, written func(string)) error {
-	return fn.w.commit(ctx, written)
+	return fn.b.commit(ctx, written)
 }
 
-// bundleWriter holds one bundle's transaction: rows go out in multi-row
-// INSERTs as they accumulate, and the receipts wait for the commit.
-type bundleWriter struct {
-	path    string
-	table   string // dataset-qualified
-	insert  string // INSERT INTO table (columns) VALUES
-	db      *sql.DB
-	tx      *sql.Tx
-	tuples  []string
-	args    []any
-	rows    int64 // rows inserted in tx
+// tableWriter is one backend's writer for one table. Rows added after the
+// last commit or abort belong to the current bundle.
+type tableWriter interface {
+	// add takes one row; it may send rows early, and fails if that fails.
+	add(ctx context.Context, row []any) error
+	// commit returns once every row of the bundle is durable, or with why not.
+	commit(ctx context.Context) error
+	// abort drops the bundle: it failed, and its error is already reported.
+	abort()
+	close() error
+}
+
+// openTable opens the writer for table in the warehouse t names.
+func openTable(ctx context.Context, t target, table string, columns []string) (tableWriter, error) {
+	if t.bigQuery {
+		return openBigQueryTable(ctx, t, table, columns)
+	}
+	return openDuckDBTable(ctx, t, table, columns)
+}
+
+// bundle is what the DoFns share whatever the backend: the rows of one
+// bundle go to the table writer, and the receipts wait for its commit.
+type bundle struct {
+	w       tableWriter
+	rows    int64 // rows added in this bundle
 	acks    []string
 	written beam.Counter
 	failed  beam.Counter
 }
 
-func (w *bundleWriter) setup(ctx context.Context, rawURL, dataset, table string, columns []string) error {
-	path, err := duckDBPath(rawURL)
+func (b *bundle) setup(ctx context.Context, cfg Config, table string, columns []string) error {
+	t, err := cfg.target()
 	if err != nil {
 		return err
 	}
-	db, err := acquire(ctx, path, dataset)
+	w, err := openTable(ctx, t, table, columns)
 	if err != nil {
 		return err
 	}
-	w.path, w.db = path, db
-	w.table = dataset + "." + table
-	quoted := make([]string, len(columns))
-	for i, c := range columns {
-		quoted[i] = `"` + c + `"`
-	}
-	w.insert = "INSERT INTO " + w.table + " (" + strings.Join(quoted, ", ") + ") VALUES "
-	w.written = beam.NewCounter("iotpipe.warehouse", table+"_rows_written")
-	w.failed = beam.NewCounter("iotpipe.warehouse", table+"_write_failures")
+	b.w = w
+	b.written = beam.NewCounter("iotpipe.warehouse", table+"_rows_written")
+	b.failed = beam.NewCounter("iotpipe.warehouse", table+"_write_failures")
 	return nil
 }
 
-func (w *bundleWriter) teardown() error {
-	w.rollback()
-	if w.db == nil {
+func (b *bundle) teardown() error {
+	if b.w == nil {
 		return nil
 	}
-	w.db = nil
-	return release(w.path)
+	b.w.abort()
+	err := b.w.close()
+	b.w = nil
+	return err
 }
 
-// reset starts a bundle; a transaction left by a failed bundle is dropped.
-func (w *bundleWriter) reset() {
-	w.rollback()
-	w.tuples, w.args, w.acks, w.rows = w.tuples[:0], w.args[:0], w.acks[:0], 0
-}
-
-func (w *bundleWriter) rollback() {
-	if w.tx != nil {
-		_ = w.tx.Rollback() // the bundle failed already; its error is the one reported
-		w.tx = nil
+// reset starts a bundle; whatever a failed bundle left is dropped.
+func (b *bundle) reset() {
+	if b.w != nil {
+		b.w.abort()
 	}
+	b.acks, b.rows = b.acks[:0], 0
 }
 
-func (w *bundleWriter) add(tuple string, args ...any) {
-	w.tuples = append(w.tuples, tuple)
-	w.args = append(w.args, args...)
+func (b *bundle) add(ctx context.Context, row []any) error {
+	b.rows++
+	if err := b.w.add(ctx, row); err != nil {
+		b.fail(ctx)
+		return err
+	}
+	return nil
 }
 
-func (w *bundleWriter) ack(id string) {
+func (b *bundle) ack(id string) {
 	if id != "" {
-		w.acks = append(w.acks, id)
+		b.acks = append(b.acks, id)
 	}
 }
 
-func (w *bundleWriter) maybeFlush(ctx context.Context) error {
-	if len(w.tuples) < maxRowsPerInsert {
-		return nil
-	}
-	return w.flush(ctx)
+func (b *bundle) fail(ctx context.Context) {
+	b.failed.Inc(ctx, b.rows)
+	b.rows = 0
+	b.acks = b.acks[:0]
+	b.w.abort()
 }
 
-// flush inserts the pending rows inside the bundle's transaction.
-func (w *bundleWriter) flush(ctx context.Context) error {
-	if len(w.tuples) == 0 {
-		return nil
-	}
-	n := len(w.tuples)
-	if w.tx == nil {
-		// database/sql rolls a transaction back when its context ends; this
-		// one must live until FinishBundle, whatever the element's context.
-		tx, err := w.db.BeginTx(context.WithoutCancel(ctx), nil)
-		if err != nil {
-			w.failed.Inc(ctx, int64(n))
-			return fmt.Errorf("warehouse: begin transaction on %s: %w", w.path, err)
-		}
-		w.tx = tx
-	}
-	if _, err := w.tx.ExecContext(ctx, w.insert+strings.Join(w.tuples, ", "), w.args...); err != nil {
-		w.failed.Inc(ctx, w.rows+int64(n))
-		w.rollback()
-		return fmt.Errorf("warehouse: insert %d rows into %s in %s: %w", n, w.table, w.path, err)
-	}
-	w.rows += int64(n)
-	w.tuples, w.args = w.tuples[:0], w.args[:0]
-	return nil
-}
-
-// commit writes what is pending, commits, and only then hands on the receipts.
-func (w *bundleWriter) commit(ctx context.Context, written func(string)) error {
-	if err := w.flush(ctx); err != nil {
+// commit makes the bundle durable, and only then hands on the receipts.
+func (b *bundle) commit(ctx context.Context, written func(string)) error {
+	if err := b.w.commit(ctx); err != nil {
+		b.fail(ctx)
 		return err
 	}
-	if w.tx != nil {
-		err := w.tx.Commit()
-		w.tx = nil
-		if err != nil {
-			w.failed.Inc(ctx, w.rows)
-			return fmt.Errorf("warehouse: commit %d rows to %s in %s: %w", w.rows, w.table, w.path, err)
-		}
-		w.written.Inc(ctx, w.rows)
-	}
-	for _, a := range w.acks {
+	b.written.Inc(ctx, b.rows)
+	for _, a := range b.acks {
 		written(a)
 	}
-	w.acks, w.rows = w.acks[:0], 0
+	b.acks, b.rows = b.acks[:0], 0
 	return nil
-}
-
-// placeholders returns "(?, ?, ...)" with n parameters.
-func placeholders(n int) string {
-	return "(" + strings.TrimSuffix(strings.Repeat("?, ", n), ", ") + ")"
 }
 
 func millis(ms int64) time.Time { return time.UnixMilli(ms).UTC() }
 
-func nullMillis(ms int64) sql.NullTime {
+// optMillis is NULL for 0, the zero value of an unknown time.
+func optMillis(ms int64) any {
 	if ms == 0 {
-		return sql.NullTime{}
+		return nil
 	}
-	return sql.NullTime{Time: millis(ms), Valid: true}
+	return millis(ms)
 }
 
-func nullString(s string) sql.NullString { return sql.NullString{String: s, Valid: s != ""} }
+// optString is NULL for "", which the event model uses for "not known".
+func optString(s string) any {
+	if s == "" {
+		return nil
+	}
+	return s
+}
 
-func nullBytes(b []byte) any {
+func optBytes(b []byte) any {
 	if b == nil {
 		return nil
 	}

@@ -81,16 +81,16 @@ func testDeadLetters() []schemas.DeadLetter {
 
 func runPipeline(t *testing.T, cfg Config) {
 	t.Helper()
-	path, err := duckDBPath(cfg.URL)
+	tg, err := cfg.target()
 	if err != nil {
 		t.Fatal(err)
 	}
+	path, ds := tg.path, tg.dataset
 	p, s := beam.NewPipelineWithRoot()
 	events := beam.CreateList(s, testEvents())
 	dls := beam.CreateList(s, testDeadLetters())
 	acks := Write(s, cfg, events)
 	dlAcks := WriteDeadLetters(s, cfg, dls)
-	ds := cfg.withDefaults().Dataset
 	passert.Equals(s, beam.ParDo(s, &committedFn{Path: path, Dataset: ds, Table: schemas.TelemetryTable}, acks),
 		"committed:ack-m1", "committed:ack-m2")
 	passert.Equals(s, beam.ParDo(s, &committedFn{Path: path, Dataset: ds, Table: schemas.DeadLetterTable}, dlAcks),
@@ -176,7 +176,7 @@ func TestNoReceiptWithoutCommit(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer fn.Teardown()
-	if _, err := fn.w.db.Exec("DROP VIEW telemetry_dedup; DROP TABLE telemetry"); err != nil {
+	if _, err := fn.b.w.(*duckDBTable).db.Exec("DROP VIEW dashboard; DROP VIEW telemetry_dedup; DROP TABLE telemetry"); err != nil {
 		t.Fatal(err)
 	}
 	var got []string
@@ -203,7 +203,17 @@ func TestConfigValidate(t *testing.T) {
 	}{
 		{Config{URL: "duckdb:///tmp/w.duckdb"}, ""},
 		{Config{URL: "duckdb:///tmp/w.duckdb", Dataset: "iotpipe"}, ""},
-		{Config{URL: "bigquery://proj/iotpipe"}, "bigquery:// is not yet supported"},
+		{Config{URL: "bigquery://test-project/iotpipe"}, ""},
+		{Config{URL: "bigquery://test-project/iotpipe", Dataset: "iotpipe", BigQueryEmulator: "127.0.0.1:9060"}, ""},
+		{Config{URL: "bigquery://test-project/iotpipe", Dataset: "other"}, `configured dataset is "other"`},
+		{Config{URL: "bigquery://proj/iotpipe"}, "want bigquery://project/dataset"},
+		{Config{URL: "bigquery://Test-Project/iotpipe"}, "want bigquery://project/dataset"},
+		{Config{URL: "bigquery://example.com:proj/iotpipe"}, "example.com:proj"},
+		{Config{URL: "bigquery://test-project"}, "want bigquery://project/dataset"},
+		{Config{URL: "bigquery://test-project/"}, "want bigquery://project/dataset"},
+		{Config{URL: "bigquery://test-project/a/b"}, "want bigquery://project/dataset"},
+		{Config{URL: "bigquery://test-project/a-b"}, `dataset "a-b"`},
+		{Config{URL: "bigquery://test-project/iotpipe?location=EU"}, "no user, query or fragment"},
 		{Config{URL: "postgres://h/db"}, `scheme "postgres"`},
 		{Config{URL: "duckdb://relative.duckdb"}, "three slashes"},
 		{Config{URL: ""}, "not supported"},
@@ -226,7 +236,10 @@ func TestColumnsMatchSchema(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	sinks := map[string][]string{schemas.TelemetryTable: telemetryColumns, schemas.DeadLetterTable: deadLetterColumns}
+	sinks := map[string][]string{
+		schemas.TelemetryTable: telemetryColumns, schemas.DeadLetterTable: deadLetterColumns,
+		schemas.ReferenceTable: referenceColumns, schemas.ReferenceThresholdsTable: thresholdsColumns,
+	}
 	for _, tb := range tables {
 		var names []string
 		for _, f := range tb.Fields {
