@@ -50,6 +50,11 @@ const (
 	// FamilyNumID holds the device a numeric id belongs to, on the id's
 	// own row, so that each generated numId is claimed exactly once.
 	FamilyNumID = "n"
+	// FamilyPresence holds which bridge instance holds a device's MQTT
+	// connection, on a row of its own so that a connection never makes a
+	// device row exist, and what it subscribed to; ingress/devicebus routes
+	// config updates and commands by it.
+	FamilyPresence = "p"
 )
 
 // HotRetention is how long raw readings stay in Bigtable before garbage collection.
@@ -92,6 +97,10 @@ var BigtableLayout = []BigtableTable{
 		{Name: FamilyConfigHistory, MaxVersions: 1},
 		{Name: FamilyRegistry, MaxVersions: 1},
 		{Name: FamilyNumID, MaxVersions: 1},
+		// A connection lasts at most a JWT's 24 h plus the clock skew allowed,
+		// so a presence cell older than two days was left by a bridge that
+		// died without clearing it.
+		{Name: FamilyPresence, MaxAge: 48 * time.Hour, MaxVersions: 1},
 	}},
 }
 

@@ -21,6 +21,7 @@ import (
 	"github.com/mochi-mqtt/server/v2/packets"
 
 	"github.com/iotpipe/iotpipe/ingress/iotcore"
+	"github.com/iotpipe/iotpipe/ingress/metrics"
 	"github.com/iotpipe/iotpipe/ingress/publisher"
 )
 
@@ -44,7 +45,8 @@ type Config struct {
 	// EventsTopic receives telemetry; StateTopic receives state, and when
 	// empty state messages are acknowledged and not forwarded (an IoT Core
 	// registry without a state notification topic). Each is a topic id in
-	// Project or a full projects/{p}/topics/{t} name.
+	// Project or a full projects/{p}/topics/{t} name. NewWithRouter does not
+	// use them: its router decides.
 	EventsTopic, StateTopic string
 	// MQTTAddr is the TCP address to listen on; DefaultMQTTAddr if empty.
 	// Port 0 picks a free port (see Bridge.Addr).
@@ -52,6 +54,17 @@ type Config struct {
 	// ExpiryGrace is how long after its credentials expire (Device.Expiry)
 	// a device stays connected; DefaultExpiryGrace when zero.
 	ExpiryGrace time.Duration
+	// TLSAddr, when set, is a second listener (IoT Core's 8883) that speaks
+	// MQTT over TLS 1.2 or later with the certificate chain in TLSCertFile
+	// and its key in TLSKeyFile (PEM; ingress/tlscert makes a sandbox set).
+	// The plain MQTTAddr listener runs as well; keep it on loopback when
+	// devices authenticate, or their JWTs cross the network in clear.
+	TLSAddr, TLSCertFile, TLSKeyFile string
+	// Limits are the rate limits and per-tenant backpressure; the zero
+	// value is IoT Core's (see Limits).
+	Limits Limits
+	// Metrics receives the bridge's metrics; nil records none.
+	Metrics *metrics.Metrics
 }
 
 // Bridge is a running (or ready) MQTT front end.
@@ -60,6 +73,8 @@ type Bridge struct {
 	log      *slog.Logger
 	server   *mqtt.Server
 	listener *tcpListener
+	tls      *tlsListener // nil without Config.TLSAddr
+	limits   *rateLimitHook
 	forward  *forwardHook
 	disc     disconnector
 	open     bool // the Authenticator admits anyone: loopback only
@@ -72,13 +87,14 @@ type Bridge struct {
 // New checks cfg and builds a bridge that publishes through pub and admits
 // every device of the registry (AllowAll), so it listens on loopback only.
 // It does not listen yet; see Start. A nil logger means slog.Default().
-func New(cfg Config, pub *publisher.Publisher, logger *slog.Logger) (*Bridge, error) {
-	return NewWithAuth(cfg, pub, AllowAll{}, logger)
+// opts turn on optional features (WithDeviceBus).
+func New(cfg Config, pub *publisher.Publisher, logger *slog.Logger, opts ...Option) (*Bridge, error) {
+	return NewWithAuth(cfg, pub, AllowAll{}, logger, opts...)
 }
 
 // NewWithAuth is New with auth deciding which devices may connect. Unless
 // auth is AllowAll, the bridge may listen on any address.
-func NewWithAuth(cfg Config, pub *publisher.Publisher, auth Authenticator, logger *slog.Logger) (*Bridge, error) {
+func NewWithAuth(cfg Config, pub *publisher.Publisher, auth Authenticator, logger *slog.Logger, opts ...Option) (*Bridge, error) {
 	if cfg.MQTTAddr == "" {
 		cfg.MQTTAddr = DefaultMQTTAddr
 	}
@@ -91,7 +107,31 @@ func NewWithAuth(cfg Config, pub *publisher.Publisher, auth Authenticator, logge
 	if pub == nil {
 		return nil, errors.New("mqttbridge: nil publisher")
 	}
-	return newBridge(cfg, pub, auth, logger)
+	router, err := publisher.NewRouter(pub, publisher.Routes{EventsTopic: cfg.EventsTopic, StateTopic: cfg.StateTopic})
+	if err != nil {
+		return nil, fmt.Errorf("mqttbridge: %w", err)
+	}
+	return newBridge(cfg, router, auth, logger, opts...)
+}
+
+// NewWithRouter is NewWithAuth with router choosing each message's Pub/Sub
+// topic (by the registry's notification configs, say) instead of
+// cfg.EventsTopic and cfg.StateTopic, so that the MQTT and HTTP bridges
+// route alike.
+func NewWithRouter(cfg Config, router *publisher.Router, auth Authenticator, logger *slog.Logger, opts ...Option) (*Bridge, error) {
+	if cfg.MQTTAddr == "" {
+		cfg.MQTTAddr = DefaultMQTTAddr
+	}
+	if auth == nil {
+		return nil, errors.New("mqttbridge: nil Authenticator")
+	}
+	if router == nil {
+		return nil, errors.New("mqttbridge: nil router")
+	}
+	if err := cfg.validateFor(auth, false); err != nil {
+		return nil, err
+	}
+	return newBridge(cfg, router, auth, logger, opts...)
 }
 
 // Validate reports the first problem with cfg for a bridge built by New, so
@@ -101,14 +141,18 @@ func (cfg Config) Validate() error { return cfg.ValidateFor(AllowAll{}) }
 // ValidateFor reports the first problem with cfg for a bridge that admits
 // devices with auth: only with AllowAll must the address be loopback.
 // NewWithAuth calls it.
-func (cfg Config) ValidateFor(auth Authenticator) error {
+func (cfg Config) ValidateFor(auth Authenticator) error { return cfg.validateFor(auth, true) }
+
+// validateFor is ValidateFor; withTopics is false for NewWithRouter, whose
+// router owns the topics.
+func (cfg Config) validateFor(auth Authenticator, withTopics bool) error {
 	if cfg.MQTTAddr == "" {
 		cfg.MQTTAddr = DefaultMQTTAddr
 	}
 	for _, f := range []struct{ name, value string }{
 		{"Project", cfg.Project}, {"Location", cfg.Location}, {"Registry", cfg.Registry}, {"EventsTopic", cfg.EventsTopic},
 	} {
-		if f.value == "" {
+		if f.value == "" && (withTopics || f.name != "EventsTopic") {
 			return fmt.Errorf("mqttbridge: config: empty %s", f.name)
 		}
 	}
@@ -128,7 +172,7 @@ func (cfg Config) ValidateFor(auth Authenticator) error {
 			return fmt.Errorf("mqttbridge: config: MQTTAddr: %w", err)
 		}
 	}
-	return nil
+	return cfg.validateExtensions(auth)
 }
 
 // requireLoopback accepts host:port addresses whose host is localhost or a
@@ -147,7 +191,7 @@ func requireLoopback(addr string) error {
 	return fmt.Errorf("address %q is not loopback: devices are not authenticated (AllowAll), so the bridge listens only on 127.0.0.1, ::1 or localhost", addr)
 }
 
-func newBridge(cfg Config, pub eventPublisher, auth Authenticator, logger *slog.Logger) (*Bridge, error) {
+func newBridge(cfg Config, router messageRouter, auth Authenticator, logger *slog.Logger, opts ...Option) (*Bridge, error) {
 	if logger == nil {
 		logger = slog.Default()
 	}
@@ -176,29 +220,44 @@ func newBridge(cfg Config, pub eventPublisher, auth Authenticator, logger *slog.
 		SysTopicResendInterval: 3600,
 	})
 
+	tlsLn, err := tlsListenerFor(cfg)
+	if err != nil {
+		return nil, err
+	}
 	devices := &deviceTable{}
-	disc := serverDisconnector{server}
+	// Hooks close connections through disc, which counts each refusal by
+	// its reason code (metrics.go); Close's disconnects are not refusals.
+	disc := meteredDisconnector{next: serverDisconnector{server}, metrics: cfg.Metrics}
 	registry := iotcore.DevicePath{Project: cfg.Project, Location: cfg.Location, Registry: cfg.Registry}
 	forward := &forwardHook{
-		pub: pub, eventsTopic: cfg.EventsTopic, stateTopic: cfg.StateTopic, timeout: forwardTimeout,
+		router: router, timeout: forwardTimeout,
 		devices: devices, disc: disc, log: logger.With("hook", "pubsub-forward"),
 	}
-	// forwardHook must come last among OnPublish hooks (see its comment).
+	limits := newRateLimitHook(cfg.Limits, devices, disc, cfg.Metrics, logger.With("hook", "rate-limit"))
+	// rateLimitHook, metricsHook and forwardHook must come in this order,
+	// last among OnPublish hooks (see their comments).
 	hooks := []mqtt.Hook{
 		&dialectHook{disc: disc, log: logger.With("hook", "iotcore-dialect")},
-		&identityHook{registry: registry, auth: auth, devices: devices, log: logger.With("hook", "iotcore-identity")},
+		&identityHook{registry: registry, auth: auth, devices: devices, metrics: cfg.Metrics, log: logger.With("hook", "iotcore-identity")},
 		&expiryHook{grace: cfg.ExpiryGrace, devices: devices, disc: disc, log: logger.With("hook", "credential-expiry")},
 		&aclHook{devices: devices, disc: disc, log: logger.With("hook", "iotcore-acl")},
+		limits,
+		&metricsHook{metrics: cfg.Metrics, log: logger.With("hook", "metrics")},
 		forward,
 	}
+	optional, err := optionHooks(opts, server, registry, devices, disc, logger)
+	if err != nil {
+		return nil, err
+	}
+	hooks = append(hooks, optional...)
 	for _, h := range hooks {
 		if err := server.AddHook(h, nil); err != nil {
 			return nil, fmt.Errorf("mqttbridge: add hook %s: %w", h.ID(), err)
 		}
 	}
 	return &Bridge{
-		cfg: cfg, log: logger, server: server, forward: forward, disc: disc, open: unauthenticated(auth),
-		listener: newTCPListener("mqtt", cfg.MQTTAddr),
+		cfg: cfg, log: logger, server: server, forward: forward, disc: serverDisconnector{server}, open: unauthenticated(auth),
+		listener: newTCPListener("mqtt", cfg.MQTTAddr), tls: tlsLn, limits: limits,
 	}, nil
 }
 
@@ -214,11 +273,19 @@ func (b *Bridge) Start() error {
 		return fmt.Errorf("mqttbridge: %w", err)
 	}
 	b.started = true // from here on Close must close the listener
+	if b.tls != nil {
+		if err := b.server.AddListener(b.tls); err != nil {
+			b.closeLocked()
+			return fmt.Errorf("mqttbridge: TLS: %w", err)
+		}
+	}
 	// The name may have resolved to something else; check what was bound.
 	if b.open {
-		if err := requireLoopback(b.listener.Address()); err != nil {
-			b.closeLocked()
-			return fmt.Errorf("mqttbridge: bound %s: %w", b.cfg.MQTTAddr, err)
+		for _, l := range b.listeners() {
+			if err := requireLoopback(l.Address()); err != nil {
+				b.closeLocked()
+				return fmt.Errorf("mqttbridge: bound %s: %w", l.address, err)
+			}
 		}
 	}
 	if err := b.server.Serve(); err != nil {
@@ -229,14 +296,14 @@ func (b *Bridge) Start() error {
 	switch {
 	case b.open:
 		b.log.Warn("devices are NOT authenticated (AllowAll): any client id of the registry is accepted; listening on loopback only",
-			"addr", b.listener.Address(), "registry", registry)
+			"addr", b.listener.Address(), "tls_addr", b.TLSAddr(), "registry", registry)
 	case requireLoopback(b.listener.Address()) != nil:
-		// The bridge has no TLS listener yet: a token read off the wire is
-		// good until it expires.
-		b.log.Warn("devices are authenticated, but over plain TCP on a non-loopback address: their JWTs travel unencrypted; put a TLS terminator in front",
-			"addr", b.listener.Address(), "registry", registry)
+		// A token read off the wire is good until it expires. The TLS
+		// listener, wherever it is, does not have this problem.
+		b.log.Warn("devices are authenticated, but over plain TCP on a non-loopback address: their JWTs travel unencrypted; serve them on the TLS listener (TLSAddr) and keep MQTTAddr on loopback",
+			"addr", b.listener.Address(), "tls_addr", b.TLSAddr(), "registry", registry)
 	default:
-		b.log.Info("devices are authenticated", "addr", b.listener.Address(), "registry", registry)
+		b.log.Info("devices are authenticated", "addr", b.listener.Address(), "tls_addr", b.TLSAddr(), "registry", registry)
 	}
 	return nil
 }
@@ -265,12 +332,17 @@ func (b *Bridge) closeLocked() {
 	}
 	b.closed = true
 	if b.started {
-		b.listener.stopAccepting()
+		for _, l := range b.listeners() {
+			l.stopAccepting()
+		}
 		b.log.Info("closing MQTT bridge: no new connections; waiting for in-flight publishes", "addr", b.listener.Address())
+		b.limits.abortWaits() // publishes held back by limits are refused, not waited for
 		b.forward.drain.closeAndWait()
 		// mochi's own shutdown would send MQTT 3.1.1 clients a DISCONNECT too.
-		for _, cl := range b.server.Clients.GetByListener(b.listener.ID()) {
-			_ = b.disc.DisconnectClient(cl, packets.ErrServerShuttingDown)
+		for _, l := range b.listeners() {
+			for _, cl := range b.server.Clients.GetByListener(l.ID()) {
+				_ = b.disc.DisconnectClient(cl, packets.ErrServerShuttingDown)
+			}
 		}
 	}
 	// mqtt.Server.Close disconnects clients through the listener, waits for

@@ -13,6 +13,7 @@ import (
 	"github.com/mochi-mqtt/server/v2/packets"
 
 	"github.com/iotpipe/iotpipe/ingress/iotcore"
+	"github.com/iotpipe/iotpipe/ingress/publisher"
 )
 
 // forwardTimeout bounds the wait for Pub/Sub's confirmation of one message.
@@ -20,16 +21,24 @@ import (
 // past it the device is better off resending on a new connection.
 const forwardTimeout = 10 * time.Second
 
-// eventPublisher is the part of *publisher.Publisher the bridge uses.
-type eventPublisher interface {
-	Publish(ctx context.Context, topicID string, data []byte, attrs map[string]string) (string, error)
+// messageRouter is the part of *publisher.Router the bridge uses.
+type messageRouter interface {
+	Publish(ctx context.Context, m publisher.Message) (publisher.Sent, error)
 }
 
-// errForwardFailed is the DISCONNECT reason when Pub/Sub did not take a message.
-var errForwardFailed = packets.Code{Code: packets.ErrUnspecifiedError.Code, Reason: "message not stored in Pub/Sub; resend it"}
+// DISCONNECT reasons when a message is not forwarded.
+var (
+	// errForwardFailed: Pub/Sub (or the registry holding the routes) did
+	// not take the message; resending may work.
+	errForwardFailed = packets.Code{Code: packets.ErrUnspecifiedError.Code, Reason: "message not stored in Pub/Sub; resend it"}
+	// errNoRoute: the registry routes this telemetry nowhere, which IoT
+	// Core answered by closing the connection.
+	errNoRoute = packets.Code{Code: packets.ErrImplementationSpecificError.Code, Reason: "no Pub/Sub topic for this telemetry in the registry's eventNotificationConfigs"}
+)
 
-// forwardHook publishes each accepted device message to Pub/Sub and lets
-// mochi acknowledge it only after Pub/Sub confirmed it.
+// forwardHook publishes each accepted device message to Pub/Sub through the
+// router (which picks the topic and attributes and enforces IoT Core's size
+// limits) and lets mochi acknowledge it only after Pub/Sub confirmed it.
 //
 // mochi calls OnPublish on the connection's read goroutine and writes the
 // PUBACK after it returns (server.go:913 then 941-955), so waiting here for
@@ -40,6 +49,8 @@ var errForwardFailed = packets.Code{Code: packets.ErrUnspecifiedError.Code, Reas
 // which mochi returns before the PUBACK (server.go:916-917); the hook also
 // closes the connection, because MQTT has no negative acknowledgement before
 // v5 and a device resends unacknowledged QoS 1 messages when it reconnects.
+// A message the router refuses for good (too large, no topic for its
+// subfolder) closes the connection whatever its QoS, as IoT Core did.
 //
 // Because the read loop waits, one connection has one message in flight at a
 // time: its throughput is bounded by Pub/Sub's round trip.
@@ -48,13 +59,11 @@ var errForwardFailed = packets.Code{Code: packets.ErrUnspecifiedError.Code, Reas
 // hooks at the first that returns CodeSuccessIgnore or an error (hooks.go:396).
 type forwardHook struct {
 	mqtt.HookBase
-	pub         eventPublisher
-	eventsTopic string
-	stateTopic  string // "" means state messages are acknowledged and not forwarded
-	timeout     time.Duration
-	devices     *deviceTable
-	disc        disconnector
-	log         *slog.Logger
+	router  messageRouter
+	timeout time.Duration
+	devices *deviceTable
+	disc    disconnector
+	log     *slog.Logger
 
 	drain drainGate
 	// pending holds the clients whose publish is between OnPublish and
@@ -75,49 +84,49 @@ func (h *forwardHook) OnPublish(cl *mqtt.Client, pk packets.Packet) (packets.Pac
 	}
 	h.pending.Store(cl, struct{}{})
 
-	topicID, attrs, err := h.route(cl, pk.TopicName)
+	m, err := h.message(cl, pk)
 	if err != nil {
 		return pk, h.refuse(cl, pk, packets.ErrNotAuthorized, err)
-	}
-	if topicID == "" {
-		h.log.Debug("state not forwarded: no state topic configured", "client", cl.ID)
-		return pk, packets.CodeSuccessIgnore
 	}
 
 	ctx, cancel := context.WithTimeout(context.Background(), h.timeout)
 	defer cancel()
-	id, err := h.pub.Publish(ctx, topicID, pk.Payload, attrs)
-	if err != nil {
-		err = fmt.Errorf("forward %d bytes from %s to Pub/Sub topic %s: %w", len(pk.Payload), pk.TopicName, topicID, err)
+	sent, err := h.router.Publish(ctx, m)
+	switch {
+	case errors.Is(err, publisher.ErrTooLarge):
+		return pk, h.refuse(cl, pk, packets.ErrPacketTooLarge, err)
+	case errors.Is(err, publisher.ErrNoRoute):
+		return pk, h.refuse(cl, pk, errNoRoute, err)
+	case errors.Is(err, publisher.ErrInvalidMessage):
+		return pk, h.refuse(cl, pk, packets.ErrTopicNameInvalid, err)
+	case err != nil:
+		err = fmt.Errorf("forward %d bytes from %s: %w", len(pk.Payload), pk.TopicName, err)
 		if pk.FixedHeader.Qos == 0 {
 			// Nothing to withhold and nothing will be resent: drop it, keep the connection.
 			h.log.Error("dropping QoS 0 message", "client", cl.ID, "error", err)
+			countReject(h.disc, rejectPubSubFailed)
 			return pk, fmt.Errorf("%w: %w", packets.ErrRejectPacket, err)
 		}
 		return pk, h.refuse(cl, pk, errForwardFailed, err)
+	case sent.Topic == "":
+		h.log.Debug("state not forwarded: no state topic configured", "client", cl.ID)
+	default:
+		h.log.Debug("forwarded", "client", cl.ID, "topic", pk.TopicName, "pubsub_topic", sent.Topic, "message_id", sent.MessageID)
 	}
-	h.log.Debug("forwarded", "client", cl.ID, "topic", pk.TopicName, "pubsub_topic", topicID, "message_id", id)
 	return pk, packets.CodeSuccessIgnore
 }
 
-// route returns the Pub/Sub topic and attributes for a message the ACL
-// allowed, or an empty topic for state when no state topic is configured.
-func (h *forwardHook) route(cl *mqtt.Client, topic string) (string, map[string]string, error) {
+// message is the router's view of a publish the ACL allowed.
+func (h *forwardHook) message(cl *mqtt.Client, pk packets.Packet) (publisher.Message, error) {
 	dev, ok := h.devices.get(cl)
 	if !ok {
-		return "", nil, errors.New("client has no authenticated device")
+		return publisher.Message{}, errors.New("client has no authenticated device")
 	}
-	t, err := iotcore.ParseTopic(topic)
+	t, err := iotcore.ParseTopic(pk.TopicName)
 	if err != nil {
-		return "", nil, err
+		return publisher.Message{}, err
 	}
-	switch t.Kind {
-	case iotcore.Events:
-		return h.eventsTopic, iotcore.EventAttributes(dev.Path, dev.NumID, t.SubFolder), nil
-	case iotcore.State:
-		return h.stateTopic, iotcore.EventAttributes(dev.Path, dev.NumID, ""), nil
-	}
-	return "", nil, fmt.Errorf("no Pub/Sub topic for %s messages", t.Kind)
+	return publisher.Message{Device: dev.Path, NumID: dev.NumID, Kind: t.Kind, SubFolder: t.SubFolder, Data: pk.Payload}, nil
 }
 
 // refuse closes the client's connection and returns the error that makes

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"log/slog"
 	"maps"
+	"strings"
 	"sync"
 	"testing"
 
@@ -225,8 +226,11 @@ func TestForwardHook(t *testing.T) {
 	setup := func(t *testing.T, stateTopic string) (*forwardHook, *mqtt.Client, *recordingDisconnector) {
 		devices := &deviceTable{}
 		disc := &recordingDisconnector{}
-		h := &forwardHook{pub: pub, eventsTopic: "events", stateTopic: stateTopic, timeout: forwardTimeout,
-			devices: devices, disc: disc, log: discard}
+		router, err := publisher.NewRouter(pub, publisher.Routes{EventsTopic: "events", StateTopic: stateTopic})
+		if err != nil {
+			t.Fatal(err)
+		}
+		h := &forwardHook{router: router, timeout: forwardTimeout, devices: devices, disc: disc, log: discard}
 		cl := newClient(t, devicePath("dev1").String())
 		devices.set(cl, Device{Path: devicePath("dev1"), NumID: "7"})
 		return h, cl, disc
@@ -272,6 +276,41 @@ func TestForwardHook(t *testing.T) {
 		}
 		if n := len(fake.Server.Messages()); n != 0 {
 			t.Fatalf("%d messages published", n)
+		}
+	})
+	// Refused for good whatever the QoS: unacknowledged and disconnected.
+	for _, tt := range []struct {
+		name, topic string
+		qos         byte
+		size        int
+		code        packets.Code
+	}{
+		{"oversized telemetry", "/devices/dev1/events", 0, publisher.MaxTelemetryBytes + 1, packets.ErrPacketTooLarge},
+		{"oversized state", "/devices/dev1/state", 1, publisher.MaxStateBytes + 1, packets.ErrPacketTooLarge},
+	} {
+		t.Run(tt.name+" refuses and disconnects", func(t *testing.T) {
+			fake.ClearMessages()
+			h, cl, disc := setup(t, "state")
+			err := process(h, cl, publish(tt.topic, tt.qos, strings.Repeat("x", tt.size)))
+			if !errors.Is(err, packets.ErrRejectPacket) || !errors.Is(err, publisher.ErrTooLarge) {
+				t.Fatalf("OnPublish = %v, want ErrRejectPacket wrapping publisher.ErrTooLarge", err)
+			}
+			if code, _ := disc.code(cl); code != tt.code {
+				t.Errorf("disconnect code = %v, want %v", code, tt.code)
+			}
+			if n := len(fake.Server.Messages()); n != 0 {
+				t.Errorf("%d messages published", n)
+			}
+		})
+	}
+	t.Run("state at the limit is forwarded", func(t *testing.T) {
+		fake.ClearMessages()
+		h, cl, _ := setup(t, "state")
+		if err := process(h, cl, publish("/devices/dev1/state", 1, strings.Repeat("x", publisher.MaxStateBytes))); !errors.Is(err, packets.CodeSuccessIgnore) {
+			t.Fatalf("OnPublish = %v", err)
+		}
+		if n := len(fake.Messages("state")); n != 1 {
+			t.Fatalf("state has %d messages, want 1", n)
 		}
 	})
 	t.Run("Pub/Sub failure refuses and disconnects QoS 1", func(t *testing.T) {

@@ -12,6 +12,7 @@ import (
 	"github.com/mochi-mqtt/server/v2/packets"
 
 	"github.com/iotpipe/iotpipe/ingress/iotcore"
+	"github.com/iotpipe/iotpipe/ingress/metrics"
 )
 
 // Device is what the bridge knows about a connected device.
@@ -82,6 +83,7 @@ type identityHook struct {
 	registry iotcore.DevicePath // Device is empty
 	auth     Authenticator
 	devices  *deviceTable
+	metrics  *metrics.Metrics // auth failures by reason (metrics.go)
 	log      *slog.Logger
 }
 
@@ -95,6 +97,7 @@ func (h *identityHook) OnConnectAuthenticate(cl *mqtt.Client, pk packets.Packet)
 	dev, err := h.admit(cl.ID, pk.Connect.Password)
 	if err != nil {
 		h.log.Info("connection refused", "remote", cl.Net.Remote, "reason", err)
+		h.metrics.AuthFailure(metrics.MQTT, h.refusalReason(cl.ID, err))
 		return false
 	}
 	h.devices.set(cl, dev)

@@ -1,5 +1,5 @@
-// Package publisher publishes device messages to Pub/Sub and reports success only once
-// Pub/Sub has stored them, so the ingress front ends can acknowledge devices after that.
+// Package publisher routes device messages to Pub/Sub topics as Cloud IoT Core did (Router) and
+// reports success only once Pub/Sub has stored them, so front ends can acknowledge devices then.
 package publisher
 
 import (

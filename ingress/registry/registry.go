@@ -9,6 +9,8 @@
 //	{project}/{location}/{registry}/{device}  device    families d (fields), c (config), h (config history)
 //	{project}/{location}/{registry}           registry  family r
 //	#numid/{numId, 20 digits}                 numId     family n: the device path that owns it
+//	#presence/{project}/{location}/{registry}/{device}
+//	                                          presence  family p: the bridge instance holding its connection
 //
 // None of the key parts can contain "/" (iotcore.ParseClientID splits on
 // it), so a registry's devices are exactly the rows with prefix
@@ -23,6 +25,7 @@
 // config updates (only if the current version is the one read, which is
 // optimistic concurrency for modifyCloudToDeviceConfig). A new numId is
 // claimed the same way on its own row before the device row is written.
+// Presence (presence.go) is conditional on the connection's generation.
 package registry
 
 import (
