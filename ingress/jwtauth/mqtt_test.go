@@ -39,6 +39,16 @@ func TestMQTT(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	rsaKey := registrytest.NewKey(t, registry.RSAPEM)
+	for _, d := range []registry.Device{
+		{ID: "rsa-dev", Credentials: []registry.Credential{cred(rsaKey)}},
+		{ID: "blocked-dev", Blocked: true, Credentials: []registry.Credential{cred(key)}},
+		{ID: "expired-cred", Credentials: []registry.Credential{{PublicKey: key.PublicKey, ExpirationTime: time.Now().Add(-time.Minute)}}},
+	} {
+		if _, err := store.CreateDevice(ctx, reg, d); err != nil {
+			t.Fatal(err)
+		}
+	}
 	fake := pubsubtest.Start(t, project, "events") // after the registry: it points PUBSUB_EMULATOR_HOST here
 	pub, err := publisher.New(ctx, project)
 	if err != nil {
@@ -63,11 +73,11 @@ func TestMQTT(t *testing.T) {
 		mqtt3.Client
 		lost chan struct{}
 	}
-	connect := func(t *testing.T, token string) (*client, error) {
+	connectAs := func(t *testing.T, device, token string) (*client, error) {
 		t.Helper()
 		c := &client{lost: make(chan struct{})}
 		c.Client = mqtt3.NewClient(mqtt3.NewClientOptions().AddBroker("tcp://" + b.Addr()).
-			SetClientID(reg.Device("dev1").String()).SetUsername("unused").SetPassword(token).
+			SetClientID(reg.Device(device).String()).SetUsername("unused").SetPassword(token).
 			SetProtocolVersion(4).SetAutoReconnect(false).SetConnectRetry(false).
 			SetConnectionLostHandler(func(mqtt3.Client, error) { close(c.lost) }))
 		tok := c.Connect()
@@ -79,6 +89,7 @@ func TestMQTT(t *testing.T) {
 		}
 		return c, tok.Error()
 	}
+	connect := func(t *testing.T, token string) (*client, error) { t.Helper(); return connectAs(t, "dev1", token) }
 
 	t.Run("good token connects and publishes", func(t *testing.T) {
 		c, err := connect(t, sign(t, key, claims(time.Now(), time.Hour)))
@@ -98,17 +109,38 @@ func TestMQTT(t *testing.T) {
 		}
 	})
 
+	t.Run("good RS256 device connects and publishes", func(t *testing.T) {
+		c, err := connectAs(t, "rsa-dev", sign(t, rsaKey, claims(time.Now(), time.Hour)))
+		if err != nil {
+			t.Fatalf("connect: %v", err)
+		}
+		tok := c.Publish("/devices/rsa-dev/events", 1, false, `{"seq":2}`)
+		if !tok.WaitTimeout(safety) || tok.Error() != nil {
+			t.Fatalf("publish: %v", tok.Error())
+		}
+		if msgs := fake.Messages("events"); len(msgs) != 2 || msgs[1].Attributes["deviceId"] != "rsa-dev" {
+			t.Fatalf("events = %v, want rsa-dev's message second", msgs)
+		}
+	})
+
+	good := claims(time.Now(), time.Hour)
 	refusals := []struct {
-		name, token string
-		reason      jwtauth.Reason
+		name, device, token string
+		reason              jwtauth.Reason
 	}{
-		{"wrong key", sign(t, stranger, claims(time.Now(), time.Hour)), jwtauth.ReasonBadSignature},
-		{"expired token", sign(t, key, claims(time.Now().Add(-2*time.Hour), time.Hour)), jwtauth.ReasonExpired},
-		{"not a JWT", "password", jwtauth.ReasonBadToken},
+		{"wrong key", "dev1", sign(t, stranger, good), jwtauth.ReasonBadSignature},
+		{"expired token", "dev1", sign(t, key, claims(time.Now().Add(-2*time.Hour), time.Hour)), jwtauth.ReasonExpired},
+		{"wrong aud", "dev1", sign(t, key, jwt.MapClaims{"aud": "other-project", "iat": good["iat"], "exp": good["exp"]}), jwtauth.ReasonWrongAudience},
+		{"iat in the future", "dev1", sign(t, key, claims(time.Now().Add(time.Hour), time.Hour)), jwtauth.ReasonIssuedInFuture},
+		{"lifetime over 24 h", "dev1", sign(t, key, claims(time.Now(), 25*time.Hour)), jwtauth.ReasonLifetimeTooLong},
+		{"not a JWT", "dev1", "password", jwtauth.ReasonBadToken},
+		{"expired credential", "expired-cred", sign(t, key, good), jwtauth.ReasonNoMatchingKey},
+		{"blocked device", "blocked-dev", sign(t, key, good), jwtauth.ReasonBlocked},
+		{"unknown device", "nobody", sign(t, key, good), jwtauth.ReasonUnknownDevice},
 	}
 	for _, tt := range refusals {
 		t.Run("refused at CONNECT: "+tt.name, func(t *testing.T) {
-			_, err := connect(t, tt.token)
+			_, err := connectAs(t, tt.device, tt.token)
 			if err == nil || !strings.Contains(err.Error(), "not Authorized") {
 				t.Fatalf("connect = %v, want refused (not Authorized)", err)
 			}
