@@ -32,14 +32,25 @@ func TestStreamingAndBackfillWriteTheSameRows(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
+	// Readings a minute or two ahead of their publish time (within the
+	// allowed skew), so their windows are still open when the streaming job
+	// reads them: both jobs then close every window on time, and the
+	// aggregates and alerts must match too.
+	base := time.Now().Truncate(time.Minute).Add(2 * time.Minute).UnixMilli()
+	reading := func(offset int64, rest string) string { return fmt.Sprintf(`{"ts":%d,%s}`, base+offset, rest) }
 	payloads := []struct{ device, data string }{
-		{"d1", `{"ts":1700000000000,"seq":1,"metrics":{"temperature":21.5}}`},
-		{"d1", `{"ts":1700000060000,"seq":2,"metrics":{"temperature":22,"humidity":40}}`},
-		{"d1", `{"ts":1700000000000,"seq":1,"metrics":{"temperature":21.5}}`}, // device retry: same (device, seq)
-		{"d2", `{"ts":1699999990000,"seq":7,"metrics":{"power_w":120},"buffered":true}`},
-		{"d2", `{"ts":1699999980000,"seq":6,"metrics":{"power_w":110}}`}, // out of order
+		{"d1", reading(0, `"seq":1,"metrics":{"temperature":21.5}`)},
+		{"d1", reading(60000, `"seq":2,"metrics":{"temperature":32,"humidity":40}`)},  // above d1's threshold
+		{"d1", reading(0, `"seq":1,"metrics":{"temperature":21.5}`)},                  // device retry: same (device, seq)
+		{"d1", reading(1000, `"seq":3,"metrics":{"temperature":35},"buffered":true`)}, // buffered: aggregated, not alerted
+		{"d2", reading(-10000, `"seq":7,"metrics":{"power_w":120}`)},
+		{"d2", reading(-20000, `"seq":6,"metrics":{"power_w":110}`)}, // out of order
 		{"d2", `{"seq":8}`}, // no ts: dead letter
 		{"d3", "\xff\xfe not even text"},
+	}
+	reference := filepath.Join(t.TempDir(), "reference.csv")
+	if err := os.WriteFile(reference, []byte("device_id,site,location,device_class,owner,thresholds\nd1,plant-a,hall-1,generic,ops,temperature::30\n"), 0o644); err != nil {
+		t.Fatal(err)
 	}
 	for _, p := range payloads {
 		publish(t, emu, p.device, p.data)
@@ -49,7 +60,7 @@ func TestStreamingAndBackfillWriteTheSameRows(t *testing.T) {
 	sv := &pipelines.Supervisor{
 		Config: pipelines.StreamingConfig{
 			Subscription: fmt.Sprintf("projects/%s/subscriptions/%s", project, stack.EventsSubscription),
-			Graph:        pipelines.GraphConfig{BigtableProject: project, BigtableInstance: "streamed"},
+			Graph:        pipelines.GraphConfig{BigtableProject: project, BigtableInstance: "streamed", Reference: reference},
 		},
 		Logger:    slog.New(slog.NewTextHandler(io.Discard, nil)),
 		OnFailure: func(err error) { t.Errorf("streaming job failed: %v", err) },
@@ -66,7 +77,7 @@ func TestStreamingAndBackfillWriteTheSameRows(t *testing.T) {
 	}
 
 	// The archive of the same messages, replayed twice.
-	dir := filepath.Join(t.TempDir(), "dt=2023-11-14", "hour=22")
+	dir := filepath.Join(t.TempDir(), time.UnixMilli(base).UTC().Format("dt=2006-01-02/hour=15"))
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		t.Fatal(err)
 	}
@@ -85,7 +96,7 @@ func TestStreamingAndBackfillWriteTheSameRows(t *testing.T) {
 	runBackfill := func() {
 		p, err := pipelines.Backfill(context.Background(), pipelines.BackfillConfig{
 			Input: filepath.Join(filepath.Dir(filepath.Dir(dir)), "dt=*", "hour=*", "*.ndjson"),
-			Graph: pipelines.GraphConfig{BigtableProject: project, BigtableInstance: "backfilled"},
+			Graph: pipelines.GraphConfig{BigtableProject: project, BigtableInstance: "backfilled", Reference: reference},
 		})
 		if err != nil {
 			t.Fatal(err)
@@ -98,8 +109,8 @@ func TestStreamingAndBackfillWriteTheSameRows(t *testing.T) {
 
 	streamed := dump(t, "streamed", schemas.TelemetryTable)
 	backfilled := dump(t, "backfilled", schemas.TelemetryTable)
-	if len(streamed) != 4 {
-		t.Errorf("streamed telemetry has %d rows, want 4 (unique readings):\n%s", len(streamed), strings.Join(streamed, "\n"))
+	if len(streamed) != 5 {
+		t.Errorf("streamed telemetry has %d rows, want 5 (unique readings):\n%s", len(streamed), strings.Join(streamed, "\n"))
 	}
 	if a, b := strings.Join(streamed, "\n"), strings.Join(backfilled, "\n"); a != b {
 		t.Errorf("telemetry differs:\nstreamed:\n%s\nbackfilled:\n%s", a, b)
@@ -112,6 +123,24 @@ func TestStreamingAndBackfillWriteTheSameRows(t *testing.T) {
 	// The backfill also dead-letters the line that is not a record.
 	if got, want := strings.Join(backfilledDead, "\n"), strings.Join(streamedDead, "\n"); !strings.Contains(got, want) || len(backfilledDead) != 3 {
 		t.Errorf("dead letters differ:\nstreamed:\n%s\nbackfilled:\n%s", want, got)
+	}
+
+	for _, tc := range []struct {
+		table string
+		rows  int
+	}{
+		// d1: temperature in two minutes, humidity in one; d2: power_w in one.
+		{schemas.AggregatesTable, 4},
+		// d1 seq 2 only: seq 3 is buffered.
+		{schemas.AlertsTable, 1},
+	} {
+		streamed, backfilled := dump(t, "streamed", tc.table), dump(t, "backfilled", tc.table)
+		if len(streamed) != tc.rows {
+			t.Errorf("streamed %s: %d rows, want %d:\n%s", tc.table, len(streamed), tc.rows, strings.Join(streamed, "\n"))
+		}
+		if a, b := strings.Join(streamed, "\n"), strings.Join(backfilled, "\n"); a != b {
+			t.Errorf("%s differ:\nstreamed:\n%s\nbackfilled:\n%s", tc.table, a, b)
+		}
 	}
 
 	runBackfill()

@@ -111,7 +111,7 @@ func (c GraphConfig) Validate() error {
 
 // Graph applies the shared transforms to raw messages (a PCollection of
 // pubsubsource.Message): validate, drop repeated (device, seq), write the
-// readings; join the reference data, then write per-minute aggregates and
+// readings and per-minute aggregates; join the reference data, then write
 // threshold alerts. Dead letters a source found itself (PCollections of
 // schemas.DeadLetter) join the graph's own.
 //
@@ -132,6 +132,7 @@ func Graph(ctx context.Context, s beam.Scope, cfg GraphConfig, msgs beam.PCollec
 	if len(sourceDead) > 0 {
 		dead = beam.Flatten(s, append([]beam.PCollection{dead}, sourceDead...)...)
 	}
+	validated := events
 	events, repeats := dedupe.Dedupe(s, events, cfg.Dedupe)
 	write := func(name, table string, rows beam.PCollection) beam.PCollection {
 		return bigtablesink.Write(s.Scope(name), bigtablesink.Config{
@@ -142,8 +143,13 @@ func Graph(ctx context.Context, s beam.Scope, cfg GraphConfig, msgs beam.PCollec
 	written := write("Telemetry", schemas.TelemetryTable, beam.ParDo(s, schemas.TelemetryRow, events))
 	deadWritten := write("DeadLetters", schemas.DeadLetterTable, beam.ParDo(s, schemas.DeadLetterRow, dead))
 
+	// Aggregates window by event time, so they read the readings before
+	// dedupe: its grouping stamps everything at the end of the global window,
+	// which in a bounded run is behind no window at all but after every one,
+	// and the runner would drop them all as late. The summaries count each
+	// (device, seq) once by themselves (aggregate.Accumulator).
+	write("Aggregates", schemas.AggregatesTable, beam.ParDo(s, schemas.AggregateRow, aggregate.PerMinute(s, validated, cfg.Aggregate)))
 	enriched := enrich.Enrich(s, events, cfg.Reference)
-	write("Aggregates", schemas.AggregatesTable, beam.ParDo(s, schemas.AggregateRow, aggregate.PerMinute(s, enriched, cfg.Aggregate)))
 	alerted := alerts.Thresholds(s, enriched, cfg.Reference, cfg.Alerts)
 	write("Alerts", schemas.AlertsTable, beam.ParDo(s, schemas.AlertRow, alerted))
 	if cfg.AlertsTopic != "" {

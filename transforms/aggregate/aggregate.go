@@ -118,8 +118,8 @@ const maxPartials = 50000
 
 // partialFn folds a bundle's readings into one Accumulator per device,
 // metric and window, and emits each keyed by device and metric and
-// timestamped inside its window (at its last reading's event time), so
-// the WindowInto that follows assigns it to the right window.
+// timestamped at its window's start, so the WindowInto that follows
+// assigns it to the right window.
 type partialFn struct {
 	WindowMillis int64
 
@@ -145,7 +145,7 @@ func (fn *partialFn) flush(emit func(beam.EventTime, string, Accumulator)) {
 		return
 	}
 	for k, a := range fn.partials.accs {
-		emit(mtime.FromMilliseconds(a.LastTS), groupKey(k.device, k.metric), *a)
+		emit(mtime.FromMilliseconds(k.start), groupKey(k.device, k.metric), *a)
 	}
 	clear(fn.partials.accs)
 }

@@ -2,6 +2,7 @@ package aggregate
 
 import (
 	"fmt"
+	"slices"
 	"testing"
 	"time"
 
@@ -219,7 +220,7 @@ func toAny(ss []string) []any {
 }
 
 // batchEvents covers out-of-order data, two windows, two metrics, two
-// devices and a buffered reading.
+// devices, a buffered reading and repeats.
 func batchEvents() []schemas.Event {
 	return []schemas.Event{
 		ev("d1", 30*sec, 3, temp(3)),
@@ -228,6 +229,9 @@ func batchEvents() []schemas.Event {
 		ev("d1", 50*sec, 4, temp(4)),
 		ev("d1", 70*sec, 6, temp(-6)),
 		buffered(ev("d2", 15*sec, 1, temp(20))),
+		ev("d2", 16*sec, 2, temp(21)),
+		// Repeats of readings above (a retry, a redelivery) count once.
+		ev("d1", 30*sec, 3, temp(3)),
 		ev("d2", 16*sec, 2, temp(21)),
 	}
 }
@@ -328,35 +332,47 @@ func TestCombinePerKeyLosesPaneInfo(t *testing.T) {
 
 func TestAccumulator(t *testing.T) {
 	rs := []Reading{{TS: 30, Seq: 3, Value: 3}, {TS: 10, Seq: 1, Value: 1}, {TS: 50, Seq: 5, Value: 5}, {TS: 50, Seq: 4, Value: 4, Buffered: true}, {TS: 20, Seq: 2, Value: -2}}
+	want := schemas.Aggregate{Count: 5, Min: -2, Max: 5, Sum: 11, Mean: 2.2, Last: 5, LastTS: 50, Buffered: true}
 	var all Accumulator
 	for _, r := range rs {
 		all.Add(r)
 	}
-	want := Accumulator{Count: 5, Min: -2, Max: 5, Sum: 11, Last: 5, LastTS: 50, LastSeq: 5, Buffered: true}
-	if all != want {
-		t.Errorf("Add over all = %+v, want %+v", all, want)
+	if got := all.Result(); got != want {
+		t.Errorf("Add over all = %+v, want %+v", got, want)
 	}
-	// Any split into partials merges to the same result, empties included.
+	// Any split into partials merges to the same result, empties included,
+	// and so does any split whose partials both saw some of the readings
+	// (a redelivery): a reading counts once.
 	for cut := 0; cut <= len(rs); cut++ {
-		var a, b Accumulator
-		for _, r := range rs[:cut] {
-			a.Add(r)
-		}
-		for _, r := range rs[cut:] {
-			b.Add(r)
-		}
-		ab, ba := a, b
-		ab.Merge(b)
-		ba.Merge(a)
-		if ab != want || ba != want {
-			t.Errorf("cut %d: a.Merge(b) = %+v, b.Merge(a) = %+v, want %+v", cut, ab, ba, want)
+		for overlap := 0; overlap <= cut; overlap++ {
+			var a, b Accumulator
+			for _, r := range rs[:cut] {
+				a.Add(r)
+			}
+			for _, r := range rs[cut-overlap:] {
+				b.Add(r)
+			}
+			ab, ba := a, b
+			ab.Readings, ba.Readings = slices.Clone(a.Readings), slices.Clone(b.Readings)
+			ab.Merge(b)
+			ba.Merge(a)
+			if ab.Result() != want || ba.Result() != want {
+				t.Errorf("cut %d overlap %d: a.Merge(b) = %+v, b.Merge(a) = %+v, want %+v", cut, overlap, ab.Result(), ba.Result(), want)
+			}
 		}
 	}
-	if got := (Accumulator{}).Result(); got.Mean != 0 || got.Count != 0 {
+	// Of two copies of one seq, the same one stays whichever came first.
+	first, second := Reading{TS: 10, Seq: 7, Value: 1}, Reading{TS: 10, Seq: 7, Value: 2, Buffered: true}
+	var x, y Accumulator
+	x.Add(first)
+	x.Add(second)
+	y.Add(second)
+	y.Add(first)
+	if gx, gy := x.Result(), y.Result(); gx != gy || gx.Count != 1 || gx.Sum != 1 || gx.Buffered {
+		t.Errorf("copies of seq 7: %+v and %+v, want the same, counting the unbuffered copy once", gx, gy)
+	}
+	if got := (Accumulator{}).Result(); got != (schemas.Aggregate{}) {
 		t.Errorf("empty Result = %+v, want zero", got)
-	}
-	if got := want.Result(); got.Mean != 2.2 || got.Last != 5 || got.LastTS != 50 || !got.Buffered {
-		t.Errorf("Result = %+v", got)
 	}
 }
 
@@ -448,7 +464,7 @@ func BenchmarkAccumulatorAdd(b *testing.B) {
 		a.Add(Reading{TS: int64(i), Seq: int64(i), Value: float64(i & 63)})
 	}
 	b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "readings/s")
-	if a.Count != int64(b.N) {
+	if len(a.Readings) != b.N {
 		b.Fatal("lost readings")
 	}
 }

@@ -1,6 +1,9 @@
 package aggregate
 
 import (
+	"cmp"
+	"math"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -18,52 +21,77 @@ type Reading struct {
 }
 
 // Accumulator is the running summary of one metric of one device in one
-// window. Its zero value is the empty summary. It is the CombineFn's
-// accumulator, so its fields are exported for the coder.
+// window. Its zero value is the empty summary. It keeps the readings
+// themselves, one per seq, sorted by seq, so that partial summaries which
+// saw the same reading (a device retry, a redelivery, a replayed buffer)
+// merge into one that counts it once: the summary is exact whatever
+// duplicates reach it and in whatever order, and equal inputs give equal
+// sums (they are added in seq order). Its fields are exported for the coder.
 type Accumulator struct {
-	Count    int64
-	Min      float64
-	Max      float64
-	Sum      float64
-	Last     float64
-	LastTS   int64
-	LastSeq  int64
-	Buffered bool
+	Readings []Reading
 }
 
-// Add folds one reading in.
+// Add folds one reading in. Of two readings with one seq, the one preferred
+// (see preferred) stays.
 func (a *Accumulator) Add(r Reading) {
-	if a.Count == 0 || r.Value < a.Min {
-		a.Min = r.Value
+	n := len(a.Readings)
+	if n == 0 || r.Seq > a.Readings[n-1].Seq { // readings mostly arrive in seq order
+		a.Readings = append(a.Readings, r)
+		return
 	}
-	if a.Count == 0 || r.Value > a.Max {
-		a.Max = r.Value
+	i, found := slices.BinarySearchFunc(a.Readings, r.Seq, func(x Reading, seq int64) int { return cmp.Compare(x.Seq, seq) })
+	if found {
+		if preferred(r, a.Readings[i]) {
+			a.Readings[i] = r
+		}
+		return
 	}
-	if a.Count == 0 || later(r.TS, r.Seq, a.LastTS, a.LastSeq) {
-		a.Last, a.LastTS, a.LastSeq = r.Value, r.TS, r.Seq
-	}
-	a.Count++
-	a.Sum += r.Value
-	a.Buffered = a.Buffered || r.Buffered
+	a.Readings = slices.Insert(a.Readings, i, r)
 }
 
 // Merge folds another accumulator of the same device, metric and window in.
 func (a *Accumulator) Merge(b Accumulator) {
 	switch {
-	case b.Count == 0:
+	case len(b.Readings) == 0:
 		return
-	case a.Count == 0:
-		*a = b
+	case len(a.Readings) == 0:
+		a.Readings = slices.Clone(b.Readings)
+		return
+	case b.Readings[0].Seq > a.Readings[len(a.Readings)-1].Seq:
+		a.Readings = append(a.Readings, b.Readings...)
 		return
 	}
-	a.Min = min(a.Min, b.Min)
-	a.Max = max(a.Max, b.Max)
-	if later(b.LastTS, b.LastSeq, a.LastTS, a.LastSeq) {
-		a.Last, a.LastTS, a.LastSeq = b.Last, b.LastTS, b.LastSeq
+	x, y := a.Readings, b.Readings
+	out := make([]Reading, 0, len(x)+len(y))
+	for len(x) > 0 && len(y) > 0 {
+		switch {
+		case x[0].Seq < y[0].Seq:
+			out, x = append(out, x[0]), x[1:]
+		case y[0].Seq < x[0].Seq:
+			out, y = append(out, y[0]), y[1:]
+		default:
+			if preferred(y[0], x[0]) {
+				out = append(out, y[0])
+			} else {
+				out = append(out, x[0])
+			}
+			x, y = x[1:], y[1:]
+		}
 	}
-	a.Count += b.Count
-	a.Sum += b.Sum
-	a.Buffered = a.Buffered || b.Buffered
+	a.Readings = append(append(out, x...), y...)
+}
+
+// preferred orders two copies of one (device, seq) so that which one a
+// summary keeps does not depend on arrival order: the earlier ts, then the
+// one not buffered, then the smaller value bits.
+func preferred(r, than Reading) bool {
+	if r.TS != than.TS {
+		return r.TS < than.TS
+	}
+	if r.Buffered != than.Buffered {
+		return !r.Buffered
+	}
+	return math.Float64bits(r.Value) < math.Float64bits(than.Value)
 }
 
 // later orders readings by (ts, seq): the greatest is the window's last value.
@@ -74,17 +102,24 @@ func later(ts, seq, thanTS, thanSeq int64) bool {
 // Result is the accumulator as an Aggregate without identity, window or
 // pane: those come from the key, the window and the pane of the firing.
 func (a Accumulator) Result() schemas.Aggregate {
-	out := schemas.Aggregate{
-		Count:    a.Count,
-		Min:      a.Min,
-		Max:      a.Max,
-		Sum:      a.Sum,
-		Last:     a.Last,
-		LastTS:   a.LastTS,
-		Buffered: a.Buffered,
+	var out schemas.Aggregate
+	var lastSeq int64
+	for i, r := range a.Readings {
+		if i == 0 || r.Value < out.Min {
+			out.Min = r.Value
+		}
+		if i == 0 || r.Value > out.Max {
+			out.Max = r.Value
+		}
+		if i == 0 || later(r.TS, r.Seq, out.LastTS, lastSeq) {
+			out.Last, out.LastTS, lastSeq = r.Value, r.TS, r.Seq
+		}
+		out.Sum += r.Value
+		out.Buffered = out.Buffered || r.Buffered
 	}
-	if a.Count > 0 {
-		out.Mean = a.Sum / float64(a.Count)
+	out.Count = int64(len(a.Readings))
+	if out.Count > 0 {
+		out.Mean = out.Sum / float64(out.Count)
 	}
 	return out
 }

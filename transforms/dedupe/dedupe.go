@@ -57,8 +57,11 @@ func (c Config) withDefaults() Config {
 // the receipts (Event.AckID, PCollection of string) of the repeats it dropped:
 // a repeat needs no write, so it can be acknowledged at once.
 // It has no false positives: a reading is dropped only if its exact identity
-// passed before. Output is in the global window, timestamped at its end;
-// transforms that window by event time restamp from Event.TS.
+// passed before. Output is in the global window, timestamped at its end.
+// In a bounded run that end is where the watermark already stands, so an
+// event-time window downstream of Dedupe has expired before its readings
+// arrive and the runner drops them: window by event time upstream (as
+// pipelines.Graph does for aggregates).
 //
 // The seen-set lives in Beam state keyed by device, so it lasts as long as
 // the job's state does; a restarted prism job starts empty, and the sinks'
