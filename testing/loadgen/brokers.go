@@ -266,8 +266,10 @@ func startBridge(ctx context.Context, cfg Config, logger *slog.Logger) (_ broker
 	if err != nil {
 		return nil, err
 	}
+	// -http_addr= turns off the HTTP listener, which would otherwise take
+	// 127.0.0.1:8080 (a running sandbox's, say): the load is MQTT only.
 	cmd := exec.Command(bin, "-project", project, "-location", location, "-registry", registryID,
-		"-events_topic", eventsTopic, "-mqtt_addr", addr, "-bigtable_instance", instance)
+		"-events_topic", eventsTopic, "-mqtt_addr", addr, "-bigtable_instance", instance, "-http_addr=")
 	cmd.Env = append(os.Environ(), "PUBSUB_EMULATOR_HOST="+queue.Addr, "BIGTABLE_EMULATOR_HOST="+emu.BigtableAddr)
 	p, err := start(cmd, addr, dir)
 	if err != nil {

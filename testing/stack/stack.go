@@ -1,6 +1,8 @@
 // Package stack runs all of iotpipe on one machine: the emulators, the device
-// bridge and the streaming job, wired as in the cloud. The sandbox and the
-// end-to-end tests both run exactly this.
+// bridge (MQTT, MQTT over TLS, HTTP, the admin API over a registry in the
+// Bigtable emulator, config and commands, /metrics) and the streaming job,
+// wired as in the cloud. The sandbox and the end-to-end tests both run exactly
+// this.
 package stack
 
 import (
@@ -9,13 +11,19 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net/http"
 	"os"
+	"path/filepath"
 	"time"
 
 	"cloud.google.com/go/storage"
 
+	"github.com/iotpipe/iotpipe/ingress/devicebus"
+	"github.com/iotpipe/iotpipe/ingress/metrics"
 	"github.com/iotpipe/iotpipe/ingress/mqttbridge"
 	"github.com/iotpipe/iotpipe/ingress/publisher"
+	"github.com/iotpipe/iotpipe/ingress/registry"
+	"github.com/iotpipe/iotpipe/ingress/tlscert"
 	"github.com/iotpipe/iotpipe/pipelines"
 	"github.com/iotpipe/iotpipe/schemas"
 	"github.com/iotpipe/iotpipe/testing/emulators"
@@ -32,8 +40,21 @@ type Config struct {
 	Registry string
 	// Instance is the Bigtable instance id.
 	Instance string
-	// MQTTAddr is where the bridge listens (default 127.0.0.1:1883).
+	// MQTTAddr is where the bridge listens for plain MQTT (default
+	// 127.0.0.1:1883). Devices are not authenticated in the sandbox, so this
+	// and TLSAddr and HTTPAddr must be loopback addresses.
 	MQTTAddr string
+	// TLSAddr is the bridge's MQTT over TLS listener, with a certificate
+	// from CertDir; empty: none.
+	TLSAddr string
+	// CertDir holds the sandbox CA and the bridge's certificate
+	// (ingress/tlscert): made on first use, reused while valid, so devices
+	// keep trusting the same CA across restarts. Empty: a temporary
+	// directory, removed at Close.
+	CertDir string
+	// HTTPAddr serves the HTTP device bridge, the admin API and /metrics;
+	// empty: none.
+	HTTPAddr string
 	// BigtableWriteTimeout bounds one bundle's Bigtable write (default 30 s).
 	BigtableWriteTimeout time.Duration
 	// DrainTimeout bounds each shutdown step that waits for data (default 30 s).
@@ -44,7 +65,8 @@ type Config struct {
 }
 
 // DefaultConfig is the sandbox's configuration: the emulators on their
-// conventional ports and the bridge on localhost:1883.
+// conventional ports and the bridge on IoT Core's: localhost:1883 (MQTT),
+// localhost:8883 (MQTT over TLS) and localhost:8080 (HTTP).
 func DefaultConfig() Config {
 	return Config{
 		Emulators: emulators.DefaultConfig(),
@@ -55,7 +77,20 @@ func DefaultConfig() Config {
 		Registry: "r",
 		Instance: "iotpipe",
 		MQTTAddr: "127.0.0.1:1883",
+		TLSAddr:  "127.0.0.1:8883",
+		CertDir:  DefaultCertDir(),
+		HTTPAddr: "127.0.0.1:8080",
 	}
+}
+
+// DefaultCertDir is where the sandbox keeps its certificates: in the user's
+// cache directory, or "" (a temporary directory) when there is none.
+func DefaultCertDir() string {
+	dir, err := os.UserCacheDir()
+	if err != nil {
+		return ""
+	}
+	return filepath.Join(dir, "iotpipe", "sandbox-tls")
 }
 
 // Topic and subscription ids, and the bucket, of the local deployment.
@@ -69,7 +104,7 @@ const (
 	DeadLetterSubscription = "iot-deadletters-review"
 	AlertsTopic            = "iot-alerts"
 	AlertsSubscription     = "iot-alerts-notify"
-	Bucket             = "iotpipe-local"
+	Bucket                 = "iotpipe-local"
 	// ArchivePrefix and ReferenceObject live in Bucket.
 	ArchivePrefix   = "raw"
 	ReferenceObject = "reference/devices.csv"
@@ -90,9 +125,9 @@ func Resources(project, instance string) emulators.Resources {
 		}
 	}
 	return emulators.Resources{
-		Project:        project,
-		Instance:       instance,
-		Topics:         []string{EventsTopic, StateTopic, DeadLetterTopic, AlertsTopic},
+		Project:  project,
+		Instance: instance,
+		Topics:   []string{EventsTopic, StateTopic, DeadLetterTopic, AlertsTopic},
 		Subscriptions: map[string]string{
 			EventsSubscription:     EventsTopic,
 			DeadLetterSubscription: DeadLetterTopic,
@@ -108,11 +143,26 @@ type Stack struct {
 	Config    Config
 	Emulators *emulators.Emulators
 	Bridge    *mqttbridge.Bridge
+	// Registry is the device registry, in the Bigtable emulator; it holds
+	// the registry Config.Registry, routing telemetry to EventsTopic and
+	// state to StateTopic.
+	Registry *registry.Store
+	// Bus delivers config updates and commands to devices connected here.
+	Bus *devicebus.Bus
+	// Metrics are the bridge's, served on HTTPAddr/metrics.
+	Metrics *metrics.Metrics
+	// TLS are the certificate files of the TLS listener: devices trust
+	// TLS.CA. Zero without Config.TLSAddr.
+	TLS tlscert.Files
+	// HTTPAddr is the bound address of the HTTP listener; "" without one.
+	HTTPAddr string
 	// Subscription is the full path the streaming job reads.
 	Subscription string
 
 	logger       *slog.Logger
 	publisher    *publisher.Publisher
+	httpServer   *http.Server
+	tempCertDir  string
 	stopPipeline context.CancelFunc
 	pipelineDone chan error
 }
@@ -173,41 +223,18 @@ func Start(ctx context.Context, cfg Config, logger *slog.Logger) (_ *Stack, err 
 	}
 	go func() { st.pipelineDone <- sv.Run(pctx) }()
 
-	st.publisher, err = publisher.New(ctx, cfg.Project)
-	if err != nil {
-		return nil, err
-	}
-	st.Bridge, err = mqttbridge.New(mqttbridge.Config{
-		Project:     cfg.Project,
-		Location:    cfg.Location,
-		Registry:    cfg.Registry,
-		EventsTopic: EventsTopic,
-		StateTopic:  StateTopic,
-		MQTTAddr:    cfg.MQTTAddr,
-	}, st.publisher, logger)
-	if err != nil {
-		return nil, err
-	}
-	if err := st.Bridge.Start(); err != nil {
+	if err := st.startBridge(ctx); err != nil {
 		return nil, err
 	}
 	return st, nil
 }
 
 // Drain stops taking device messages and drains the streaming job: the
-// bridge finishes its publishes; the job reads what is left in the
+// HTTP listener finishes its requests and the MQTT bridge its publishes; the job reads what is left in the
 // subscription, its source stops, its last bundles commit and ack, and its
 // windows close. The emulators keep running, so what was written can be read.
 func (st *Stack) Drain() error {
-	var errs []error
-	if st.Bridge != nil {
-		errs = append(errs, st.Bridge.Close())
-		st.Bridge = nil
-	}
-	if st.publisher != nil {
-		errs = append(errs, st.publisher.Close())
-		st.publisher = nil
-	}
+	errs := []error{st.stopBridge()}
 	if st.pipelineDone != nil {
 		if err := st.waitSubscriptionSettled(st.Config.DrainTimeout); err != nil {
 			st.logger.Warn("stopping with messages not yet processed", "error", err)
@@ -225,6 +252,10 @@ func (st *Stack) Close() error {
 	if st.Emulators != nil {
 		err = errors.Join(err, st.Emulators.Close())
 		st.Emulators = nil
+	}
+	if st.tempCertDir != "" {
+		err = errors.Join(err, os.RemoveAll(st.tempCertDir))
+		st.tempCertDir = ""
 	}
 	return err
 }

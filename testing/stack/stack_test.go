@@ -1,12 +1,21 @@
 package stack_test
 
 import (
+	"bytes"
 	"context"
+	"crypto/tls"
+	"crypto/x509"
 	"database/sql"
+	"encoding/base64"
+	"encoding/json"
 	"fmt"
 	"io"
 	"log/slog"
 	"net"
+	"net/http"
+	"net/http/httputil"
+	"net/url"
+	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
@@ -20,6 +29,7 @@ import (
 	paho "github.com/eclipse/paho.mqtt.golang"
 	"google.golang.org/api/iterator"
 
+	"github.com/iotpipe/iotpipe/ingress/metrics/metricstest"
 	"github.com/iotpipe/iotpipe/schemas"
 	"github.com/iotpipe/iotpipe/testing/emulators"
 	"github.com/iotpipe/iotpipe/testing/stack"
@@ -28,14 +38,19 @@ import (
 func TestMain(m *testing.M) { ptest.Main(m) }
 
 // TestDeviceToBigtable drives the whole local deployment the way the sandbox
-// runs it: a device publishes over MQTT, the reading lands in Bigtable; a
-// reading whose Bigtable write fails is redelivered and lands after recovery;
-// shutdown drains with every message acked.
+// runs it: a device publishes over MQTT, the reading lands in Bigtable, as do
+// readings sent over MQTT with TLS and over HTTP; the admin API manages the
+// registry and its config updates reach a subscribed device; /metrics counts
+// it all; a reading whose Bigtable write fails is redelivered and lands after
+// recovery; shutdown drains with every message acked.
 func TestDeviceToBigtable(t *testing.T) {
 	failures := make(chan error, 16)
 	cfg := stack.DefaultConfig()
 	cfg.Emulators = emulators.Config{WarehousePath: filepath.Join(t.TempDir(), "w.duckdb")}
 	cfg.MQTTAddr = "127.0.0.1:0"
+	cfg.TLSAddr = "127.0.0.1:0"
+	cfg.HTTPAddr = "127.0.0.1:0"
+	cfg.CertDir = t.TempDir()
 	cfg.BigtableWriteTimeout = time.Second
 	cfg.OnPipelineFailure = func(err error) { failures <- err }
 	st, err := stack.Start(context.Background(), cfg, slog.New(slog.NewTextHandler(io.Discard, nil)))
@@ -99,6 +114,159 @@ func TestDeviceToBigtable(t *testing.T) {
 			t.Fatalf("mosquitto_pub: %v\n%s", err, out)
 		}
 		waitRow(t, telemetry, schemas.TelemetryKey("d1", 1700000000000, 1))
+	})
+
+	clientID := func(device string) string {
+		return fmt.Sprintf("projects/%s/locations/%s/registries/%s/devices/%s", cfg.Project, cfg.Location, cfg.Registry, device)
+	}
+	reading := func(seq int) string {
+		return fmt.Sprintf(`{"ts":1700000000000,"seq":%d,"metrics":{"temperature":20}}`, seq)
+	}
+
+	t.Run("MQTT over TLS with the sandbox CA", func(t *testing.T) {
+		ca, err := os.ReadFile(st.TLS.CA)
+		if err != nil {
+			t.Fatalf("the sandbox CA: %v", err)
+		}
+		roots := x509.NewCertPool()
+		if !roots.AppendCertsFromPEM(ca) {
+			t.Fatalf("%s holds no certificate", st.TLS.CA)
+		}
+		c := paho.NewClient(paho.NewClientOptions().AddBroker("ssl://" + st.Bridge.TLSAddr()).
+			SetTLSConfig(&tls.Config{RootCAs: roots}).
+			SetClientID(clientID("tls-dev")).SetAutoReconnect(false))
+		if tok := c.Connect(); !tok.WaitTimeout(10*time.Second) || tok.Error() != nil {
+			t.Fatalf("TLS connect: %v", tok.Error())
+		}
+		defer c.Disconnect(100)
+		if tok := c.Publish("/devices/tls-dev/events", 1, false, reading(1)); !tok.WaitTimeout(10*time.Second) || tok.Error() != nil {
+			t.Fatalf("publish: %v", tok.Error())
+		}
+		waitRow(t, telemetry, schemas.TelemetryKey("tls-dev", 1700000000000, 1))
+	})
+
+	t.Run("mosquitto_pub over TLS with --cafile, as the sandbox prints", func(t *testing.T) {
+		bin, err := exec.LookPath("mosquitto_pub")
+		if err != nil {
+			t.Skip("mosquitto_pub not installed (.ci/run installs mosquitto-clients)")
+		}
+		_, port, _ := net.SplitHostPort(st.Bridge.TLSAddr())
+		out, err := exec.Command(bin, "-h", "localhost", "-p", port, "--cafile", st.TLS.CA,
+			"-i", clientID("d2"), "-t", "/devices/d2/events", "-q", "1", "-m", reading(1)).CombinedOutput()
+		if err != nil {
+			t.Fatalf("mosquitto_pub: %v\n%s", err, out)
+		}
+		waitRow(t, telemetry, schemas.TelemetryKey("d2", 1700000000000, 1))
+	})
+
+	base := "http://" + st.HTTPAddr
+	regPath := fmt.Sprintf("/v1/projects/%s/locations/%s/registries/%s", cfg.Project, cfg.Location, cfg.Registry)
+	call := func(t *testing.T, method, path, contentType string, body any) (int, map[string]any) {
+		t.Helper()
+		var rd io.Reader
+		switch b := body.(type) {
+		case nil:
+		case string:
+			rd = strings.NewReader(b)
+		default:
+			raw, err := json.Marshal(b)
+			if err != nil {
+				t.Fatal(err)
+			}
+			rd = bytes.NewReader(raw)
+		}
+		req, err := http.NewRequest(method, base+path, rd)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if contentType != "" {
+			req.Header.Set("Content-Type", contentType)
+		}
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatalf("%s %s: %v", method, path, err)
+		}
+		defer resp.Body.Close()
+		raw, _ := io.ReadAll(resp.Body)
+		var out map[string]any
+		if err := json.Unmarshal(raw, &out); err != nil {
+			t.Fatalf("%s %s: %d, body %q is not JSON: %v", method, path, resp.StatusCode, raw, err)
+		}
+		return resp.StatusCode, out
+	}
+	b64 := func(s string) string { return base64.StdEncoding.EncodeToString([]byte(s)) }
+
+	t.Run("admin API and HTTP bridge share the HTTP port", func(t *testing.T) {
+		if code, out := call(t, "POST", regPath+"/devices", "", map[string]any{"id": "http-dev"}); code != http.StatusOK {
+			t.Fatalf("create device: %d %v", code, out)
+		}
+		code, out := call(t, "GET", regPath+"/devices/http-dev", "", nil)
+		if code != http.StatusOK || out["id"] != "http-dev" || out["numId"] == nil {
+			t.Fatalf("get device: %d %v, want http-dev with a numId", code, out)
+		}
+		code, out = call(t, "GET", regPath+"/devices", "", nil)
+		if got, _ := json.Marshal(out["devices"]); code != http.StatusOK || !strings.Contains(string(got), `"id":"http-dev"`) {
+			t.Fatalf("list devices: %d %v, want http-dev listed", code, out)
+		}
+		if code, out := call(t, "POST", regPath+"/devices/http-dev:publishEvent", "", map[string]string{"binaryData": b64(reading(1))}); code != http.StatusOK {
+			t.Fatalf("publishEvent: %d %v", code, out)
+		}
+		waitRow(t, telemetry, schemas.TelemetryKey("http-dev", 1700000000000, 1))
+		if code, out := call(t, "POST", "/v1/ingest/http-dev", "application/json", reading(2)); code != http.StatusAccepted {
+			t.Fatalf("ingest: %d %v", code, out)
+		}
+		waitRow(t, telemetry, schemas.TelemetryKey("http-dev", 1700000000000, 2))
+	})
+
+	t.Run("config from the admin API reaches the subscribed device", func(t *testing.T) {
+		if code, out := call(t, "POST", regPath+"/devices/http-dev:modifyCloudToDeviceConfig", "", map[string]string{"binaryData": b64("fan=on")}); code != http.StatusOK {
+			t.Fatalf("modifyCloudToDeviceConfig: %d %v", code, out)
+		}
+		configs := make(chan string, 4)
+		c := paho.NewClient(paho.NewClientOptions().AddBroker("tcp://" + st.Bridge.Addr()).
+			SetClientID(clientID("http-dev")).SetAutoReconnect(false))
+		if tok := c.Connect(); !tok.WaitTimeout(10*time.Second) || tok.Error() != nil {
+			t.Fatalf("connect: %v", tok.Error())
+		}
+		defer c.Disconnect(100)
+		if tok := c.Subscribe("/devices/http-dev/config", 1, func(_ paho.Client, m paho.Message) {
+			configs <- string(m.Payload())
+		}); !tok.WaitTimeout(10*time.Second) || tok.Error() != nil {
+			t.Fatalf("subscribe: %v", tok.Error())
+		}
+		next := func() string {
+			t.Helper()
+			select {
+			case got := <-configs:
+				return got
+			case <-time.After(10 * time.Second):
+				t.Fatal("no config arrived")
+				return ""
+			}
+		}
+		if got := next(); got != "fan=on" {
+			t.Fatalf("config on subscribe = %q, want fan=on", got)
+		}
+		if code, out := call(t, "POST", regPath+"/devices/http-dev:modifyCloudToDeviceConfig", "", map[string]string{"binaryData": b64("fan=off")}); code != http.StatusOK {
+			t.Fatalf("modifyCloudToDeviceConfig: %d %v", code, out)
+		}
+		if got := next(); got != "fan=off" {
+			t.Fatalf("config update = %q, want fan=off", got)
+		}
+	})
+
+	t.Run("metrics", func(t *testing.T) {
+		u, err := url.Parse(base)
+		if err != nil {
+			t.Fatal(err)
+		}
+		scrape := metricstest.Get(t, httputil.NewSingleHostReverseProxy(u))
+		if got := scrape.Value("iotpipe_ingress_messages_in_total", "transport", "mqtt", "kind", "events"); got < 2 {
+			t.Errorf("iotpipe_ingress_messages_in_total{transport=mqtt,kind=events} = %v, want the 2 or more readings published over MQTT so far", got)
+		}
+		if got := scrape.Value("iotpipe_ingress_messages_out_total", "transport", "mqtt", "kind", "config"); got != 2 {
+			t.Errorf("iotpipe_ingress_messages_out_total{transport=mqtt,kind=config} = %v, want the 2 configs sent", got)
+		}
 	})
 
 	t.Run("failed Bigtable write is redelivered", func(t *testing.T) {
