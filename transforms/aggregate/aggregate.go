@@ -68,7 +68,11 @@ func (c Config) validate() error {
 // PerMinute summarizes events (a PCollection of schemas.Event) into a
 // PCollection of schemas.Aggregate: one per device, metric and event-time
 // window of cfg.Window, with count, min, max, sum, mean and the value with
-// the greatest (ts, seq).
+// the greatest (ts, seq). A reading counts once in its window however many
+// copies of its (device, seq) arrive (see Accumulator), so events need not
+// be deduplicated first; pipelines.Graph feeds it the readings before
+// dedupe, whose grouping would leave no event time to window by in a
+// bounded run.
 //
 // Events are re-timestamped to their event time (Event.TS) here, whatever
 // timestamp they arrived with (the source stamps publish time). A window
