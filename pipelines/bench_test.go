@@ -2,6 +2,7 @@ package pipelines_test
 
 import (
 	"context"
+	"encoding/json"
 	"flag"
 	"fmt"
 	"io"
@@ -11,6 +12,7 @@ import (
 	"testing"
 	"time"
 
+	"cloud.google.com/go/bigtable"
 	"cloud.google.com/go/pubsub/v2/apiv1/pubsubpb"
 	"github.com/apache/beam/sdks/v2/go/pkg/beam/runners/prism"
 
@@ -79,6 +81,54 @@ func BenchmarkBackfill(b *testing.B) {
 		}
 	}
 	b.ReportMetric(float64(n)*float64(b.N)/b.Elapsed().Seconds(), "events/s")
+	b.StopTimer()
+	// What was written: every unique reading, and every window the plain-Go
+	// summary has.
+	summary := aggregate.NewSummary(time.Minute)
+	unique := 0
+	for i := 0; i < n; i++ {
+		if i%10 == 9 {
+			continue
+		}
+		unique++
+		attrs, data := fleetMessage(i)
+		var p struct {
+			TS      int64              `json:"ts"`
+			Seq     int64              `json:"seq"`
+			Metrics map[string]float64 `json:"metrics"`
+		}
+		if err := json.Unmarshal(data, &p); err != nil {
+			b.Fatal(err)
+		}
+		summary.Add(schemas.Event{DeviceID: attrs[schemas.AttrDeviceID], TS: p.TS, Seq: p.Seq, Metrics: p.Metrics})
+	}
+	for _, c := range []struct {
+		table string
+		want  int
+	}{{schemas.TelemetryTable, unique}, {schemas.AggregatesTable, len(summary.Aggregates())}} {
+		if got := countRows(b, instance, c.table); got != c.want {
+			b.Errorf("%s has %d rows, want %d", c.table, got, c.want)
+		}
+	}
+}
+
+// countRows counts a Bigtable table's rows, reading keys only.
+func countRows(tb testing.TB, instance, table string) int {
+	tb.Helper()
+	c, err := bigtable.NewClient(context.Background(), project, instance)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	defer c.Close()
+	n := 0
+	err = c.Open(table).ReadRows(context.Background(), bigtable.InfiniteRange(""), func(bigtable.Row) bool {
+		n++
+		return true
+	}, bigtable.RowFilter(bigtable.ChainFilters(bigtable.CellsPerRowLimitFilter(1), bigtable.StripValueFilter())))
+	if err != nil {
+		tb.Fatal(err)
+	}
+	return n
 }
 
 // BenchmarkStreamingBacklog publishes a backlog, then starts the streaming
