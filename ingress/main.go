@@ -54,6 +54,7 @@ import (
 	"syscall"
 
 	"github.com/iotpipe/iotpipe/ingress/mqttbridge"
+	"github.com/iotpipe/iotpipe/ingress/server"
 )
 
 func main() {
@@ -79,15 +80,13 @@ var errUsage = errors.New("usage")
 
 // options is the command's configuration, filled from flags.
 type options struct {
-	bridge mqttbridge.Config
+	// server is the bridge; its Instance, FanoutTopic and AdminToken
+	// configure the device bus and the admin API, which exist only with a
+	// registry.
+	server server.Config
 	// btProject and btInstance name the registry's Bigtable instance;
 	// btInstance empty means no registry.
 	btProject, btInstance string
-	// httpAddr serves the HTTP bridge, the admin API and /metrics; empty: none.
-	httpAddr string
-	// instance, c2dTopic and adminToken configure the device bus and the
-	// admin API, which exist only with a registry.
-	instance, c2dTopic, adminToken string
 }
 
 func (o options) withRegistry() bool { return o.btInstance != "" }
@@ -107,7 +106,7 @@ func parseFlags(args []string, usage io.Writer) (options, error) {
 	fs := flag.NewFlagSet("ingress", flag.ContinueOnError)
 	fs.SetOutput(usage)
 	var o options
-	cfg := &o.bridge
+	cfg := &o.server
 	fs.StringVar(&cfg.Project, "project", "", "Google Cloud project of the device registry and the Pub/Sub topics (required)")
 	fs.StringVar(&cfg.Location, "location", "", "registry location (region), as in device client ids (required)")
 	fs.StringVar(&cfg.Registry, "registry", "", "registry id, as in device client ids (required)")
@@ -120,15 +119,15 @@ func parseFlags(args []string, usage io.Writer) (options, error) {
 	fs.StringVar(&cfg.TLSCertFile, "tls_cert", "", "PEM certificate chain of the -tls_addr listener")
 	fs.StringVar(&cfg.TLSKeyFile, "tls_key", "", "PEM private key of the -tls_addr listener")
 	fs.DurationVar(&cfg.ExpiryGrace, "expiry_grace", mqttbridge.DefaultExpiryGrace, "how long a device stays connected after its JWT expires")
-	fs.StringVar(&o.httpAddr, "http_addr", "127.0.0.1:8080", "HTTP listen address of the HTTP device bridge, the admin API (with -bigtable_instance) and /metrics; "+
+	fs.StringVar(&cfg.HTTPAddr, "http_addr", "127.0.0.1:8080", "HTTP listen address of the HTTP device bridge, the admin API (with -bigtable_instance) and /metrics; "+
 		"loopback only without -bigtable_instance; empty: none")
 	fs.StringVar(&o.btProject, "bigtable_project", "", "project of the Bigtable device registry (default: -project)")
 	fs.StringVar(&o.btInstance, "bigtable_instance", "", "Bigtable instance of the device registry; when set, devices authenticate with JWTs against their registered keys, "+
 		"and the registry routes their messages and brings the admin API, config and commands")
-	fs.StringVar(&o.instance, "instance", hostname(), "name of this bridge instance among those sharing the registry (1 to 64 of [a-zA-Z0-9-_.]); needs -bigtable_instance")
-	fs.StringVar(&o.c2dTopic, "c2d_topic", "", "Pub/Sub topic through which instances sharing the registry pass config updates and commands for each other's devices; "+
+	fs.StringVar(&cfg.Instance, "instance", hostname(), "name of this bridge instance among those sharing the registry (1 to 64 of [a-zA-Z0-9-_.]); needs -bigtable_instance")
+	fs.StringVar(&cfg.FanoutTopic, "c2d_topic", "", "Pub/Sub topic through which instances sharing the registry pass config updates and commands for each other's devices; "+
 		"each instance reads it through a subscription of its own, made at start and deleted at shutdown. Empty: a single instance. Needs -bigtable_instance")
-	fs.StringVar(&o.adminToken, "admin_token", "", "bearer token every admin API request must present; required when -http_addr is not loopback. Needs -bigtable_instance")
+	fs.StringVar(&cfg.AdminToken, "admin_token", "", "bearer token every admin API request must present; required when -http_addr is not loopback. Needs -bigtable_instance")
 
 	l := &cfg.Limits
 	fs.Float64Var(&l.ConnectionMessagesPerSecond, "connection_messages_per_second", mqttbridge.DefaultConnectionMessagesPerSecond,
@@ -168,20 +167,20 @@ func parseFlags(args []string, usage io.Writer) (options, error) {
 // set holds the flags given on the command line.
 func (o options) check(set map[string]bool) error {
 	for _, f := range []struct{ name, value string }{
-		{"project", o.bridge.Project}, {"location", o.bridge.Location}, {"registry", o.bridge.Registry},
+		{"project", o.server.Project}, {"location", o.server.Location}, {"registry", o.server.Registry},
 	} {
 		if f.value == "" {
 			return fmt.Errorf("-%s is required", f.name)
 		}
 	}
-	if o.bridge.TLSAddr == "" && (o.bridge.TLSCertFile != "" || o.bridge.TLSKeyFile != "") {
+	if o.server.TLSAddr == "" && (o.server.TLSCertFile != "" || o.server.TLSKeyFile != "") {
 		return errors.New("-tls_cert and -tls_key need -tls_addr: there is no TLS listener to use them")
 	}
-	if o.bridge.TLSAddr != "" && (o.bridge.TLSCertFile == "" || o.bridge.TLSKeyFile == "") {
-		return fmt.Errorf("-tls_addr %q needs -tls_cert and -tls_key", o.bridge.TLSAddr)
+	if o.server.TLSAddr != "" && (o.server.TLSCertFile == "" || o.server.TLSKeyFile == "") {
+		return fmt.Errorf("-tls_addr %q needs -tls_cert and -tls_key", o.server.TLSAddr)
 	}
-	if o.httpAddr != "" {
-		if _, _, err := net.SplitHostPort(o.httpAddr); err != nil {
+	if o.server.HTTPAddr != "" {
+		if _, _, err := net.SplitHostPort(o.server.HTTPAddr); err != nil {
 			return fmt.Errorf("-http_addr: %w", err)
 		}
 	}
@@ -191,33 +190,19 @@ func (o options) check(set map[string]bool) error {
 				return fmt.Errorf("-%s needs -bigtable_instance: without the device registry there is nothing for it to configure", name)
 			}
 		}
-		if o.bridge.EventsTopic == "" {
+		if o.server.EventsTopic == "" {
 			return errors.New("-events_topic is required without -bigtable_instance (with it, the registry's eventNotificationConfigs route telemetry)")
 		}
-		if o.httpAddr != "" && !isLoopback(o.httpAddr) {
-			return fmt.Errorf("-http_addr %q is not loopback: without -bigtable_instance devices are not authenticated, so the HTTP bridge listens only on 127.0.0.1, ::1 or localhost", o.httpAddr)
+		if o.server.HTTPAddr != "" && !server.Loopback(o.server.HTTPAddr) {
+			return fmt.Errorf("-http_addr %q is not loopback: without -bigtable_instance devices are not authenticated, so the HTTP bridge listens only on 127.0.0.1, ::1 or localhost", o.server.HTTPAddr)
 		}
 		// -mqtt_addr and -tls_addr: mqttbridge's rule (Config.ValidateFor).
 		return nil
 	}
-	if o.httpAddr != "" && !isLoopback(o.httpAddr) && o.adminToken == "" {
-		return fmt.Errorf("-http_addr %q is not loopback: set -admin_token, or the admin API (which creates devices and their keys) is open to anyone who reaches it", o.httpAddr)
+	if o.server.HTTPAddr != "" && !server.Loopback(o.server.HTTPAddr) && o.server.AdminToken == "" {
+		return fmt.Errorf("-http_addr %q is not loopback: set -admin_token, or the admin API (which creates devices and their keys) is open to anyone who reaches it", o.server.HTTPAddr)
 	}
 	return nil
-}
-
-// isLoopback reports whether addr's host is localhost or a loopback IP; an
-// empty host (every interface) is not.
-func isLoopback(addr string) bool {
-	host, _, err := net.SplitHostPort(addr)
-	if err != nil {
-		return false
-	}
-	if host == "localhost" {
-		return true
-	}
-	ip := net.ParseIP(host)
-	return ip != nil && ip.IsLoopback()
 }
 
 // hostname is -instance's default: unique per machine, stable across restarts.

@@ -293,6 +293,12 @@ func TestBinaryWithRegistryServesEverything(t *testing.T) {
 		if got := scrape.Value("iotpipe_ingress_messages_in_total", "transport", "mqtt", "kind", "events"); got != 1 {
 			t.Errorf("iotpipe_ingress_messages_in_total{transport=mqtt,kind=events} = %v, want 1", got)
 		}
+		if got := scrape.Value("iotpipe_ingress_messages_in_total", "transport", "http", "kind", "events"); got != 1 {
+			t.Errorf("iotpipe_ingress_messages_in_total{transport=http,kind=events} = %v, want 1 (the publishEvent)", got)
+		}
+		if got := scrape.Value("iotpipe_ingress_auth_failures_total", "transport", "http", "reason", "bad_token"); got != 1 {
+			t.Errorf("iotpipe_ingress_auth_failures_total{transport=http,reason=bad_token} = %v, want 1 (the publishEvent without a JWT)", got)
+		}
 		if got := scrape.Value("iotpipe_ingress_messages_out_total", "transport", "mqtt", "kind", "commands"); got != 1 {
 			t.Errorf("iotpipe_ingress_messages_out_total{transport=mqtt,kind=commands} = %v, want 1", got)
 		}

@@ -4,6 +4,8 @@ import (
 	"encoding/json"
 	"fmt"
 	"net/http"
+
+	"github.com/iotpipe/iotpipe/ingress/metrics"
 )
 
 // apiError is an error answer in Google's JSON error shape,
@@ -14,6 +16,9 @@ type apiError struct {
 	code    int
 	status  string
 	message string
+	// reject is the rejects_total reason when the answer refuses a device
+	// message; "" leaves it to rejectReason.
+	reject string
 }
 
 func (e *apiError) Error() string { return fmt.Sprintf("%d %s: %s", e.code, e.status, e.message) }
@@ -43,7 +48,7 @@ func notFound(format string, args ...any) *apiError {
 // HTTP status says what happened and INVALID_ARGUMENT that resending the
 // same request cannot help.
 func tooLarge(format string, args ...any) *apiError {
-	return newError(http.StatusRequestEntityTooLarge, "INVALID_ARGUMENT", format, args...)
+	return newError(http.StatusRequestEntityTooLarge, "INVALID_ARGUMENT", format, args...).rejecting(metrics.RejectOversized)
 }
 
 func unsupportedMedia(format string, args ...any) *apiError {

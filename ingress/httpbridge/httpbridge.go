@@ -32,6 +32,7 @@ import (
 
 	"github.com/iotpipe/iotpipe/ingress/iotcore"
 	"github.com/iotpipe/iotpipe/ingress/jwtauth"
+	"github.com/iotpipe/iotpipe/ingress/metrics"
 	"github.com/iotpipe/iotpipe/ingress/mqttbridge"
 	"github.com/iotpipe/iotpipe/ingress/publisher"
 	"github.com/iotpipe/iotpipe/ingress/registry"
@@ -53,6 +54,9 @@ type Config struct {
 	// PublishTimeout bounds the wait for Pub/Sub's confirmation of a
 	// message; DefaultPublishTimeout when zero.
 	PublishTimeout time.Duration
+	// Metrics receives the bridge's metrics, with transport "http"; nil
+	// records none.
+	Metrics *metrics.Metrics
 }
 
 // Validate reports the first problem with cfg.
@@ -238,10 +242,12 @@ func cut(s string) (before, after string, found bool) {
 // serve checks the device and its credentials, then runs the operation.
 func (b *Bridge) serve(w http.ResponseWriter, r *http.Request, rt route) *apiError {
 	if rt.reg != b.reg {
+		b.authFailed(authOtherRegistry)
 		return permissionDenied("this bridge serves the devices of %s, not of %s", b.reg, clip(rt.reg.String()))
 	}
 	dp := rt.reg.Device(rt.device)
 	if _, err := iotcore.ParseClientID(dp.String()); err != nil {
+		b.authFailed(authBadClientID)
 		return badRequest("device %q: %v", clip(rt.device), err)
 	}
 	dev, aerr := b.authenticate(r, dp)
@@ -250,25 +256,32 @@ func (b *Bridge) serve(w http.ResponseWriter, r *http.Request, rt route) *apiErr
 	}
 	switch rt.op {
 	case publishEvent:
-		return b.publishEvent(w, r, dev)
+		aerr = b.publishEvent(w, r, dev)
 	case setState:
-		return b.setState(w, r, dev)
+		aerr = b.setState(w, r, dev)
 	case getConfig:
-		return b.getConfig(w, r, dev)
+		return b.getConfig(w, r, dev) // reads, so no message to refuse
 	default:
-		return b.ingest(w, r, dev)
+		aerr = b.ingest(w, r, dev)
 	}
+	if aerr != nil {
+		b.cfg.Metrics.Reject(metrics.HTTP, aerr.rejectReason())
+	}
+	return aerr
 }
 
 // authenticate checks the request's bearer token against dp's keys.
 func (b *Bridge) authenticate(r *http.Request, dp iotcore.DevicePath) (mqttbridge.Device, *apiError) {
 	if b.open && !fromLoopback(r) {
+		b.authFailed(authNotLoopback)
 		return mqttbridge.Device{}, permissionDenied("this bridge authenticates no devices (it runs without a registry), so it serves loopback clients only")
 	}
 	var token string
 	if !b.open {
 		var aerr *apiError
 		if token, aerr = bearerToken(r); aerr != nil {
+			// What an MQTT connect without a JWT password is refused for.
+			b.authFailed(string(jwtauth.ReasonBadToken))
 			return mqttbridge.Device{}, aerr
 		}
 	}
@@ -276,6 +289,7 @@ func (b *Bridge) authenticate(r *http.Request, dp iotcore.DevicePath) (mqttbridg
 	defer cancel()
 	dev, err := b.auth.Authenticate(ctx, dp, []byte(token))
 	if err != nil {
+		b.authFailed(refusalReason(b.auth, err))
 		switch jwtauth.ReasonOf(err) {
 		case jwtauth.ReasonBlocked, jwtauth.ReasonInactive, jwtauth.ReasonQuarantined:
 			return mqttbridge.Device{}, permissionDenied("device %s is refused: %v", dp.Device, err)
@@ -335,19 +349,25 @@ func readBody(w http.ResponseWriter, r *http.Request, limit int64) ([]byte, *api
 func (b *Bridge) publish(r *http.Request, m publisher.Message) (publisher.Sent, *apiError) {
 	ctx, cancel := context.WithTimeout(r.Context(), b.cfg.PublishTimeout)
 	defer cancel()
+	start := time.Now()
 	sent, err := b.router.Publish(ctx, m)
 	switch {
 	case errors.Is(err, publisher.ErrTooLarge):
 		return sent, tooLarge("%v", err)
 	case errors.Is(err, publisher.ErrInvalidMessage):
-		return sent, badRequest("%v", err)
+		// A subfolder that is no topic level: over MQTT, a bad topic name.
+		return sent, badRequest("%v", err).rejecting(metrics.RejectInvalidTopic)
 	case errors.Is(err, publisher.ErrNoRoute):
 		// IoT Core failed publishEvent when the registry had no topic for it.
-		return sent, newError(http.StatusBadRequest, "FAILED_PRECONDITION", "%v", err)
+		return sent, newError(http.StatusBadRequest, "FAILED_PRECONDITION", "%v", err).rejecting(metrics.RejectNoRoute)
 	case err != nil:
 		b.log.Error("message not stored in Pub/Sub", "device", m.Device.String(), "kind", m.Kind.String(), "error", err)
-		return sent, unavailable("message not stored in Pub/Sub, send it again: %v", err)
+		return sent, unavailable("message not stored in Pub/Sub, send it again: %v", err).rejecting(metrics.RejectPubSubFailed)
 	}
+	if sent.Topic != "" { // not state dropped for want of a state topic
+		b.cfg.Metrics.ObservePublish(metrics.HTTP, time.Since(start))
+	}
+	b.cfg.Metrics.MessageIn(metrics.HTTP, metrics.Kind(m.Kind.String()))
 	b.log.Debug("forwarded", "device", m.Device.String(), "kind", m.Kind.String(), "pubsub_topic", sent.Topic, "message_id", sent.MessageID)
 	return sent, nil
 }

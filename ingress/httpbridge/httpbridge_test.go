@@ -25,6 +25,7 @@ import (
 	"github.com/iotpipe/iotpipe/ingress/httpbridge"
 	"github.com/iotpipe/iotpipe/ingress/internal/pubsubtest"
 	"github.com/iotpipe/iotpipe/ingress/jwtauth"
+	"github.com/iotpipe/iotpipe/ingress/metrics"
 	"github.com/iotpipe/iotpipe/ingress/mqttbridge"
 	"github.com/iotpipe/iotpipe/ingress/publisher"
 	"github.com/iotpipe/iotpipe/ingress/registry"
@@ -43,8 +44,10 @@ type env struct {
 	srv   *httptest.Server
 	fake  *pubsubtest.Fake
 	store *registry.Store
-	keys  map[string]registrytest.Key // by device; "stranger" is no device's
-	nums  map[string]string           // numIds by device
+	// metrics are the bridge's.
+	metrics *metrics.Metrics
+	keys    map[string]registrytest.Key // by device; "stranger" is no device's
+	nums    map[string]string           // numIds by device
 }
 
 func start(t *testing.T) *env {
@@ -61,7 +64,7 @@ func start(t *testing.T) *env {
 	}); err != nil {
 		t.Fatal(err)
 	}
-	e := &env{store: store, keys: map[string]registrytest.Key{}, nums: map[string]string{}}
+	e := &env{store: store, metrics: metrics.New(), keys: map[string]registrytest.Key{}, nums: map[string]string{}}
 	for _, d := range []struct {
 		id      string
 		format  registry.KeyFormat
@@ -92,7 +95,7 @@ func start(t *testing.T) *env {
 	if err != nil {
 		t.Fatal(err)
 	}
-	b, err := httpbridge.New(httpbridge.Config{Project: reg.Project, Location: reg.Location, Registry: reg.Registry},
+	b, err := httpbridge.New(httpbridge.Config{Project: reg.Project, Location: reg.Location, Registry: reg.Registry, Metrics: e.metrics},
 		router, jwtauth.New(store, jwtauth.Config{}), store, slog.New(slog.NewTextHandler(t.Output(), nil)))
 	if err != nil {
 		t.Fatal(err)

@@ -90,6 +90,12 @@ func ReasonOf(err error) Reason {
 	return ""
 }
 
+// RefusalReason names why Authenticate refused, for the bridges'
+// auth_failures metric: the Reason of err, or "" when it has none.
+func (a *Authenticator) RefusalReason(err error) string { return string(ReasonOf(err)) }
+
+var _ mqttbridge.RefusalReasoner = (*Authenticator)(nil)
+
 func refuse(r Reason, format string, args ...any) error {
 	return &Error{Reason: r, Err: fmt.Errorf(format, args...)}
 }

@@ -5,6 +5,8 @@ import (
 	"crypto/ecdsa"
 	"crypto/rsa"
 	"encoding/base64"
+	"errors"
+	"fmt"
 	"strconv"
 	"strings"
 	"testing"
@@ -267,4 +269,15 @@ func FuzzAuthenticate(f *testing.F) {
 			t.Fatalf("refusal without a reason: %v", err)
 		}
 	})
+}
+
+// The bridges count refusals by the reason RefusalReason gives.
+func TestRefusalReason(t *testing.T) {
+	a := jwtauth.New(nil, jwtauth.Config{})
+	if got := a.RefusalReason(fmt.Errorf("connect: %w", &jwtauth.Error{Reason: jwtauth.ReasonExpired, Err: errors.New("exp passed")})); got != "expired" {
+		t.Errorf("RefusalReason(wrapped expired) = %q, want expired", got)
+	}
+	if got := a.RefusalReason(errors.New("other")); got != "" {
+		t.Errorf("RefusalReason(other) = %q, want empty", got)
+	}
 }

@@ -137,7 +137,9 @@ func (h *metricsHook) Provides(b byte) bool {
 
 // OnSessionEstablished and OnDisconnect pair up: mochi calls OnDisconnect
 // for exactly the clients whose session was established.
-func (h *metricsHook) OnSessionEstablished(*mqtt.Client, packets.Packet) { h.metrics.Connected(metrics.MQTT) }
+func (h *metricsHook) OnSessionEstablished(*mqtt.Client, packets.Packet) {
+	h.metrics.Connected(metrics.MQTT)
+}
 
 func (h *metricsHook) OnDisconnect(cl *mqtt.Client, err error, _ bool) {
 	h.metrics.Disconnected(metrics.MQTT)

@@ -75,7 +75,7 @@ func TestReserve(t *testing.T) {
 		{"beyond the bound nothing is taken", Limits{ConnectionMessagesPerSecond: 1}, []msg{
 			{ok: true},
 			{delay: time.Second, limit: metrics.LimitConnectionMessages, ok: true}, // waits a second: at the bound
-			{delay: 2 * time.Second, limit: metrics.LimitConnectionMessages},        // refused, takes nothing
+			{delay: 2 * time.Second, limit: metrics.LimitConnectionMessages},       // refused, takes nothing
 			{at: time.Second, delay: time.Second, limit: metrics.LimitConnectionMessages, ok: true},
 		}},
 		{"state once a second", Limits{DeviceStatePerSecond: 1}, []msg{

@@ -59,7 +59,7 @@ func run(cfg stack.Config, logger *slog.Logger) error {
 		return err
 	}
 	printBanner(st)
-	logger.Info("sandbox ready", "mqtt", st.Bridge.Addr(), "mqtts", st.Bridge.TLSAddr(), "ca", st.TLS.CA, "http", st.HTTPAddr)
+	logger.Info("sandbox ready", "mqtt", st.Server.MQTTAddr(), "mqtts", st.Server.TLSAddr(), "ca", st.TLS.CA, "http", st.Server.HTTPAddr())
 	<-ctx.Done()
 	stop() // a second Ctrl-C kills the process
 	logger.Info("shutting down: bridge first, then the pipeline drains, then the emulators")
@@ -77,11 +77,11 @@ func printBanner(st *stack.Stack) {
 	fmt.Fprintf(&b, "\niotpipe sandbox is running (Ctrl-C stops it cleanly)\n\n")
 	fmt.Fprintf(&b, "Device bridge, registry %s (devices are not authenticated: any device id, no password)\n", reg)
 	row := func(name, where, what string) { fmt.Fprintf(&b, "  %-14s %-28s %s\n", name, where, what) }
-	row("MQTT", "tcp://"+st.Bridge.Addr(), "client id "+reg+"/devices/{device}")
-	if a := st.Bridge.TLSAddr(); a != "" {
+	row("MQTT", "tcp://"+st.Server.MQTTAddr(), "client id "+reg+"/devices/{device}")
+	if a := st.Server.TLSAddr(); a != "" {
 		row("MQTT over TLS", "ssl://"+a, "CA "+st.TLS.CA+" (certificate for localhost, 127.0.0.1, ::1)")
 	}
-	if a := st.HTTPAddr; a != "" {
+	if a := st.Server.HTTPAddr(); a != "" {
 		row("HTTP bridge", "http://"+a, "POST /v1/"+reg+"/devices/{device}:publishEvent, :setState, GET .../config; POST /v1/ingest/{device}")
 		row("Admin API", "http://"+a, "/v1/"+reg+"/devices (IoT Core's REST API: devices, config, commands); POST /v1/devices")
 		row("Metrics", "http://"+a, "/metrics (Prometheus)")
@@ -96,14 +96,14 @@ func printBanner(st *stack.Stack) {
 	row("Reference data", "GCS", fmt.Sprintf("gs://%s/%s", stack.Bucket, stack.ReferenceObject))
 
 	reading := `'{"ts":1700000000000,"seq":1,"metrics":{"temperature":21.5}}'`
-	addr := st.Bridge.Addr()
+	addr := st.Server.MQTTAddr()
 	fmt.Fprintf(&b, "\nPublish a reading:\n  mosquitto_pub -h %s -p %s -i %s/devices/d1 -t /devices/d1/events -q 1 \\\n    -m %s\n",
 		host(addr), port(addr), reg, reading)
-	if a := st.Bridge.TLSAddr(); a != "" {
+	if a := st.Server.TLSAddr(); a != "" {
 		fmt.Fprintf(&b, "Over TLS:\n  mosquitto_pub -h localhost -p %s --cafile %s -i %s/devices/d1 -t /devices/d1/events -q 1 \\\n    -m %s\n",
 			port(a), st.TLS.CA, reg, reading)
 	}
-	if a := st.HTTPAddr; a != "" {
+	if a := st.Server.HTTPAddr(); a != "" {
 		fmt.Fprintf(&b, "Over HTTP:\n  curl -H 'Content-Type: application/json' http://%s/v1/ingest/d1 -d '{\"ts\":1700000000000,\"seq\":2,\"metrics\":{\"temperature\":22}}'\n", a)
 		// Registering is optional here (any device may connect), but config
 		// and commands need a registered device, whose id IoT Core's

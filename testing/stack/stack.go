@@ -11,18 +11,14 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"net/http"
 	"os"
 	"path/filepath"
 	"time"
 
 	"cloud.google.com/go/storage"
 
-	"github.com/iotpipe/iotpipe/ingress/devicebus"
-	"github.com/iotpipe/iotpipe/ingress/metrics"
-	"github.com/iotpipe/iotpipe/ingress/mqttbridge"
-	"github.com/iotpipe/iotpipe/ingress/publisher"
 	"github.com/iotpipe/iotpipe/ingress/registry"
+	"github.com/iotpipe/iotpipe/ingress/server"
 	"github.com/iotpipe/iotpipe/ingress/tlscert"
 	"github.com/iotpipe/iotpipe/pipelines"
 	"github.com/iotpipe/iotpipe/schemas"
@@ -142,26 +138,20 @@ func Resources(project, instance string) emulators.Resources {
 type Stack struct {
 	Config    Config
 	Emulators *emulators.Emulators
-	Bridge    *mqttbridge.Bridge
+	// Server is the device bridge: its bound addresses (MQTTAddr, TLSAddr,
+	// HTTPAddr), its metrics and its device bus.
+	Server *server.Server
 	// Registry is the device registry, in the Bigtable emulator; it holds
 	// the registry Config.Registry, routing telemetry to EventsTopic and
-	// state to StateTopic.
+	// state to StateTopic. Server owns it and closes it at Drain.
 	Registry *registry.Store
-	// Bus delivers config updates and commands to devices connected here.
-	Bus *devicebus.Bus
-	// Metrics are the bridge's, served on HTTPAddr/metrics.
-	Metrics *metrics.Metrics
 	// TLS are the certificate files of the TLS listener: devices trust
 	// TLS.CA. Zero without Config.TLSAddr.
 	TLS tlscert.Files
-	// HTTPAddr is the bound address of the HTTP listener; "" without one.
-	HTTPAddr string
 	// Subscription is the full path the streaming job reads.
 	Subscription string
 
 	logger       *slog.Logger
-	publisher    *publisher.Publisher
-	httpServer   *http.Server
 	tempCertDir  string
 	stopPipeline context.CancelFunc
 	pipelineDone chan error

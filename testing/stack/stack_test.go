@@ -73,7 +73,7 @@ func TestDeviceToBigtable(t *testing.T) {
 
 	device := "dev-1"
 	client := paho.NewClient(paho.NewClientOptions().
-		AddBroker("tcp://" + st.Bridge.Addr()).
+		AddBroker("tcp://" + st.Server.MQTTAddr()).
 		SetClientID(fmt.Sprintf("projects/%s/locations/%s/registries/%s/devices/%s", cfg.Project, cfg.Location, cfg.Registry, device)).
 		SetAutoReconnect(false))
 	if tok := client.Connect(); !tok.WaitTimeout(10*time.Second) || tok.Error() != nil {
@@ -105,7 +105,7 @@ func TestDeviceToBigtable(t *testing.T) {
 		if err != nil {
 			t.Skip("mosquitto_pub not installed (.ci/run installs mosquitto-clients)")
 		}
-		host, port, _ := net.SplitHostPort(st.Bridge.Addr())
+		host, port, _ := net.SplitHostPort(st.Server.MQTTAddr())
 		out, err := exec.Command(bin, "-h", host, "-p", port,
 			"-i", fmt.Sprintf("projects/%s/locations/%s/registries/%s/devices/d1", cfg.Project, cfg.Location, cfg.Registry),
 			"-t", "/devices/d1/events", "-q", "1",
@@ -132,7 +132,7 @@ func TestDeviceToBigtable(t *testing.T) {
 		if !roots.AppendCertsFromPEM(ca) {
 			t.Fatalf("%s holds no certificate", st.TLS.CA)
 		}
-		c := paho.NewClient(paho.NewClientOptions().AddBroker("ssl://" + st.Bridge.TLSAddr()).
+		c := paho.NewClient(paho.NewClientOptions().AddBroker("ssl://" + st.Server.TLSAddr()).
 			SetTLSConfig(&tls.Config{RootCAs: roots}).
 			SetClientID(clientID("tls-dev")).SetAutoReconnect(false))
 		if tok := c.Connect(); !tok.WaitTimeout(10*time.Second) || tok.Error() != nil {
@@ -150,7 +150,7 @@ func TestDeviceToBigtable(t *testing.T) {
 		if err != nil {
 			t.Skip("mosquitto_pub not installed (.ci/run installs mosquitto-clients)")
 		}
-		_, port, _ := net.SplitHostPort(st.Bridge.TLSAddr())
+		_, port, _ := net.SplitHostPort(st.Server.TLSAddr())
 		out, err := exec.Command(bin, "-h", "localhost", "-p", port, "--cafile", st.TLS.CA,
 			"-i", clientID("d2"), "-t", "/devices/d2/events", "-q", "1", "-m", reading(1)).CombinedOutput()
 		if err != nil {
@@ -159,7 +159,7 @@ func TestDeviceToBigtable(t *testing.T) {
 		waitRow(t, telemetry, schemas.TelemetryKey("d2", 1700000000000, 1))
 	})
 
-	base := "http://" + st.HTTPAddr
+	base := "http://" + st.Server.HTTPAddr()
 	regPath := fmt.Sprintf("/v1/projects/%s/locations/%s/registries/%s", cfg.Project, cfg.Location, cfg.Registry)
 	call := func(t *testing.T, method, path, contentType string, body any) (int, map[string]any) {
 		t.Helper()
@@ -223,7 +223,7 @@ func TestDeviceToBigtable(t *testing.T) {
 			t.Fatalf("modifyCloudToDeviceConfig: %d %v", code, out)
 		}
 		configs := make(chan string, 4)
-		c := paho.NewClient(paho.NewClientOptions().AddBroker("tcp://" + st.Bridge.Addr()).
+		c := paho.NewClient(paho.NewClientOptions().AddBroker("tcp://" + st.Server.MQTTAddr()).
 			SetClientID(clientID("http-dev")).SetAutoReconnect(false))
 		if tok := c.Connect(); !tok.WaitTimeout(10*time.Second) || tok.Error() != nil {
 			t.Fatalf("connect: %v", tok.Error())
@@ -263,6 +263,9 @@ func TestDeviceToBigtable(t *testing.T) {
 		scrape := metricstest.Get(t, httputil.NewSingleHostReverseProxy(u))
 		if got := scrape.Value("iotpipe_ingress_messages_in_total", "transport", "mqtt", "kind", "events"); got < 2 {
 			t.Errorf("iotpipe_ingress_messages_in_total{transport=mqtt,kind=events} = %v, want the 2 or more readings published over MQTT so far", got)
+		}
+		if got := scrape.Value("iotpipe_ingress_messages_in_total", "transport", "http", "kind", "events"); got != 2 {
+			t.Errorf("iotpipe_ingress_messages_in_total{transport=http,kind=events} = %v, want the publishEvent and the ingest", got)
 		}
 		if got := scrape.Value("iotpipe_ingress_messages_out_total", "transport", "mqtt", "kind", "config"); got != 2 {
 			t.Errorf("iotpipe_ingress_messages_out_total{transport=mqtt,kind=config} = %v, want the 2 configs sent", got)
