@@ -191,6 +191,9 @@ func requireLoopback(addr string) error {
 	return fmt.Errorf("address %q is not loopback: devices are not authenticated (AllowAll), so the bridge listens only on 127.0.0.1, ::1 or localhost", addr)
 }
 
+// maxWritesPending bounds a connection's queue of messages to write.
+const maxWritesPending = 128
+
 func newBridge(cfg Config, router messageRouter, auth Authenticator, logger *slog.Logger, opts ...Option) (*Bridge, error) {
 	if logger == nil {
 		logger = slog.Default()
@@ -211,6 +214,12 @@ func newBridge(cfg Config, router messageRouter, auth Authenticator, logger *slo
 	// Otherwise mochi copies the PUBLISH's properties into the PUBACK, and
 	// with them its success code 0x01, which is not a PUBACK reason code.
 	caps.Compatibilities.NoInheritedPropertiesOnAck = true
+	// Each connection gets a queue of this many messages to write; mochi's
+	// default, 8192, is 64 KiB of channel per connection, most of an idle
+	// connection's memory. A device is sent only its newest config and its
+	// commands; past this many unwritten, mochi drops the message (a
+	// command's sender gets no error, as with IoT Core's QoS 0 commands).
+	caps.MaximumClientWritesPending = maxWritesPending
 
 	server := mqtt.New(&mqtt.Options{
 		Capabilities: caps,
