@@ -1,6 +1,7 @@
 package dedupe
 
 import (
+	"fmt"
 	"math/rand/v2"
 	"testing"
 
@@ -87,6 +88,33 @@ func TestFilterKeepsFirstOfEachIdentity(t *testing.T) {
 	kept, dups = Filter(&s, []schemas.Event{{DeviceID: "d", Seq: 1, TS: 10}, {DeviceID: "d", Seq: 3, TS: 30}}, 1000)
 	if len(kept) != 1 || kept[0].Seq != 3 || len(dups) != 1 {
 		t.Fatalf("second batch = %v, %v repeats; want only seq 3", kept, dups)
+	}
+}
+
+// Devices of one shard keep separate seen-sets: the same seq of two
+// devices is two readings; a device quiet for a horizon is forgotten.
+func TestFilterShard(t *testing.T) {
+	var st ShardSeen
+	batch := []schemas.Event{
+		{DeviceID: "b", Seq: 1, TS: 10, AckID: "b1"}, {DeviceID: "a", Seq: 1, TS: 10, AckID: "a1"},
+		{DeviceID: "b", Seq: 1, TS: 10, AckID: "b1-again"}, {DeviceID: "a", Seq: 2, TS: 20, AckID: "a2"},
+	}
+	kept, dups := FilterShard(&st, batch, 1000)
+	var got []string
+	for _, e := range kept {
+		got = append(got, e.AckID)
+	}
+	if fmt.Sprint(got) != "[a1 a2 b1]" || fmt.Sprint(dups) != "[b1-again]" {
+		t.Fatalf("FilterShard = %v, repeats %v; want [a1 a2 b1], repeats [b1-again]", got, dups)
+	}
+	if len(st.Devices) != 2 || st.Devices[0].Device != "a" || st.Devices[1].Device != "b" {
+		t.Fatalf("state = %+v, want devices a and b in order", st.Devices)
+	}
+	// b moves on by more than the horizon: a, quiet, is forgotten, and its
+	// old seq passes again, as anything older than the horizon does.
+	kept, dups = FilterShard(&st, []schemas.Event{{DeviceID: "b", Seq: 2, TS: 5000}}, 1000)
+	if len(kept) != 1 || len(dups) != 0 || len(st.Devices) != 1 || st.Devices[0].Device != "b" {
+		t.Fatalf("after b moved on: kept %v, repeats %v, state %+v; want b's reading kept and only b remembered", kept, dups, st.Devices)
 	}
 }
 
