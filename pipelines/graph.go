@@ -124,8 +124,20 @@ func (c GraphConfig) Validate() error {
 func Graph(ctx context.Context, s beam.Scope, cfg GraphConfig, msgs beam.PCollection, sourceDead ...beam.PCollection) ([]pubsubsource.ReceiptGroup, error) {
 	if cfg.Reference != "" {
 		// Fail at start on a missing or malformed file, not in every worker.
-		if _, err := enrich.LoadIndex(ctx, cfg.Reference); err != nil {
+		refs, err := enrich.LoadReference(ctx, cfg.Reference)
+		if err != nil {
 			return nil, err
+		}
+		if _, err := enrich.NewIndex(refs); err != nil {
+			return nil, err
+		}
+		// The dashboard view joins the reference tables. A DuckDB warehouse
+		// gets them from the job, at each start; BigQuery's come from a load
+		// job (warehousesink.WriteReferenceLoadFiles).
+		if wh := (warehousesink.Config{URL: cfg.Warehouse}); cfg.Warehouse != "" && wh.LoadsReference() {
+			if err := warehousesink.LoadReference(ctx, wh, refs, time.Now()); err != nil {
+				return nil, fmt.Errorf("loading the reference data into the warehouse: %w", err)
+			}
 		}
 	}
 	events, dead := validate.Validate(s, msgs, cfg.Validation)

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"os"
 	"path/filepath"
 	"testing"
 	"time"
@@ -21,10 +22,15 @@ import (
 func TestStreamingWritesTheWarehouse(t *testing.T) {
 	emu := startEmulators(t)
 	path := filepath.Join(t.TempDir(), "wh.duckdb")
+	reference := filepath.Join(t.TempDir(), "reference.csv")
+	if err := os.WriteFile(reference, []byte("device_id,site,location,device_class,owner,thresholds\nd1,plant-a,hall-1,generic,ops,temperature:0:30\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
 	sv := &pipelines.Supervisor{
 		Config: pipelines.StreamingConfig{
 			Subscription: fmt.Sprintf("projects/%s/subscriptions/%s", project, stack.EventsSubscription),
-			Graph:        pipelines.GraphConfig{BigtableProject: project, BigtableInstance: instance, Warehouse: "duckdb://" + path},
+			Graph: pipelines.GraphConfig{BigtableProject: project, BigtableInstance: instance,
+				Warehouse: "duckdb://" + path, Reference: reference},
 		},
 		Logger:    slog.New(slog.NewTextHandler(io.Discard, nil)),
 		OnFailure: func(err error) { t.Errorf("streaming job failed: %v", err) },
@@ -56,5 +62,27 @@ func TestStreamingWritesTheWarehouse(t *testing.T) {
 	}
 	if rows != 2 || dead != 1 {
 		t.Errorf("warehouse has %d dedup telemetry rows and %d dead letters, want 2 (one per metric) and 1", rows, dead)
+	}
+	// The job loaded the reference data, so the dashboard view has the
+	// device's site and the temperature limits.
+	var dash []string
+	r, err := db.Query(`SELECT metric, site, known_device, coalesce(CAST(threshold_max AS VARCHAR), '-') FROM main.dashboard ORDER BY metric`)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer r.Close()
+	for r.Next() {
+		var metric, site, max string
+		var known bool
+		if err := r.Scan(&metric, &site, &known, &max); err != nil {
+			t.Fatal(err)
+		}
+		dash = append(dash, fmt.Sprintf("%s %s %v %s", metric, site, known, max))
+	}
+	if err := r.Err(); err != nil {
+		t.Fatal(err)
+	}
+	if want := "[humidity plant-a true - temperature plant-a true 30.0]"; fmt.Sprint(dash) != want {
+		t.Errorf("dashboard = %v, want %s", dash, want)
 	}
 }

@@ -58,6 +58,13 @@ func referenceRows(refs []schemas.Reference, loadTime time.Time) (devices, thres
 //	  DATASET.reference reference.ndjson schemas/warehouse/reference.json
 //
 // (likewise reference_thresholds). --replace makes the load atomic per table.
+// LoadsReference reports whether LoadReference can load cfg's warehouse:
+// the embedded DuckDB file yes, BigQuery no (a load job does).
+func (c Config) LoadsReference() bool {
+	t, err := c.target()
+	return err == nil && !t.bigQuery
+}
+
 func LoadReference(ctx context.Context, cfg Config, refs []schemas.Reference, loadTime time.Time) error {
 	t, err := cfg.target()
 	if err != nil {
