@@ -2,14 +2,12 @@ package main
 
 import (
 	"bufio"
-	"bytes"
 	"context"
 	"crypto/tls"
 	"crypto/x509"
 	"encoding/base64"
 	"encoding/json"
 	"errors"
-	"io"
 	"log/slog"
 	"net/http"
 	"net/http/httputil"
@@ -29,6 +27,7 @@ import (
 	"github.com/golang-jwt/jwt/v5"
 	"google.golang.org/api/iterator"
 
+	"github.com/iotpipe/iotpipe/ingress/internal/httpcall"
 	"github.com/iotpipe/iotpipe/ingress/internal/pubsubtest"
 	"github.com/iotpipe/iotpipe/ingress/metrics/metricstest"
 	"github.com/iotpipe/iotpipe/ingress/registry"
@@ -166,41 +165,16 @@ func TestBinaryWithRegistryServesEverything(t *testing.T) {
 	}
 	base := "http://" + httpAddr
 	regPath := "/v1/projects/proj/locations/us-central1/registries/reg"
-	call := func(method, path, auth string, body any) (int, map[string]any) {
+	call := func(t *testing.T, method, path, auth string, body any) (int, map[string]any) {
 		t.Helper()
-		var rd io.Reader
-		if body != nil {
-			raw, err := json.Marshal(body)
-			if err != nil {
-				t.Fatal(err)
-			}
-			rd = bytes.NewReader(raw)
-		}
-		req, err := http.NewRequest(method, base+path, rd)
-		if err != nil {
-			t.Fatal(err)
-		}
-		if auth != "" {
-			req.Header.Set("Authorization", "Bearer "+auth)
-		}
-		resp, err := http.DefaultClient.Do(req)
-		if err != nil {
-			t.Fatalf("%s %s: %v", method, path, err)
-		}
-		defer resp.Body.Close()
-		raw, _ := io.ReadAll(resp.Body)
-		var out map[string]any
-		if err := json.Unmarshal(raw, &out); err != nil {
-			t.Fatalf("%s %s: %d, body %q is not JSON: %v", method, path, resp.StatusCode, raw, err)
-		}
-		return resp.StatusCode, out
+		return httpcall.JSON(t, method, base+path, auth, body)
 	}
 
 	t.Run("admin API needs the token", func(t *testing.T) {
-		if code, out := call("GET", regPath, "", nil); code != http.StatusUnauthorized {
+		if code, out := call(t, "GET", regPath, "", nil); code != http.StatusUnauthorized {
 			t.Errorf("GET registry without the token: %d %v, want 401", code, out)
 		}
-		code, out := call("GET", regPath, token, nil)
+		code, out := call(t, "GET", regPath, token, nil)
 		if code != http.StatusOK {
 			t.Fatalf("GET registry: %d %v", code, out)
 		}
@@ -210,7 +184,7 @@ func TestBinaryWithRegistryServesEverything(t *testing.T) {
 	})
 
 	key := registrytest.NewKey(t, registry.ES256PEM)
-	code, out := call("POST", regPath+"/devices", token, map[string]any{
+	code, out := call(t, "POST", regPath+"/devices", token, map[string]any{
 		"id": "dev1", "credentials": []any{map[string]any{"publicKey": key.PublicKey}},
 	})
 	if code != http.StatusOK {
@@ -227,10 +201,10 @@ func TestBinaryWithRegistryServesEverything(t *testing.T) {
 
 	t.Run("HTTP publishEvent with the device JWT reaches Pub/Sub", func(t *testing.T) {
 		body := map[string]string{"binaryData": base64.StdEncoding.EncodeToString([]byte("over-http")), "subFolder": "lab"}
-		if code, out := call("POST", regPath+"/devices/dev1:publishEvent", "", body); code != http.StatusUnauthorized {
+		if code, out := call(t, "POST", regPath+"/devices/dev1:publishEvent", "", body); code != http.StatusUnauthorized {
 			t.Errorf("publishEvent without a JWT: %d %v, want 401", code, out)
 		}
-		if code, out := call("POST", regPath+"/devices/dev1:publishEvent", jwtToken, body); code != http.StatusOK {
+		if code, out := call(t, "POST", regPath+"/devices/dev1:publishEvent", jwtToken, body); code != http.StatusOK {
 			t.Fatalf("publishEvent: %d %v", code, out)
 		}
 		msgs := fake.Messages("events")
@@ -269,7 +243,7 @@ func TestBinaryWithRegistryServesEverything(t *testing.T) {
 		if msgs := fake.Messages("events"); len(msgs) != 2 || string(msgs[1].Data) != "over-mqtts" {
 			t.Fatalf("events topic holds %v, want the MQTT event second", msgs)
 		}
-		code, out := call("POST", regPath+"/devices/dev1:sendCommandToDevice", token,
+		code, out := call(t, "POST", regPath+"/devices/dev1:sendCommandToDevice", token,
 			map[string]string{"binaryData": base64.StdEncoding.EncodeToString([]byte("reboot")), "subfolder": "ops"})
 		if code != http.StatusOK {
 			t.Fatalf("sendCommandToDevice: %d %v", code, out)

@@ -2,7 +2,6 @@ package pipelines_test
 
 import (
 	"context"
-	"database/sql"
 	"fmt"
 	"io"
 	"log/slog"
@@ -10,10 +9,8 @@ import (
 	"testing"
 	"time"
 
-	"cloud.google.com/go/bigtable"
-
 	"github.com/iotpipe/iotpipe/pipelines"
-	"github.com/iotpipe/iotpipe/schemas"
+	"github.com/iotpipe/iotpipe/pipelines/internal/sinktest"
 	"github.com/iotpipe/iotpipe/testing/stack"
 )
 
@@ -73,31 +70,5 @@ func TestKilledJobLosesNothing(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	c, err := bigtable.NewClient(context.Background(), project, instance)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
-	rows := 0
-	if err := c.Open(schemas.TelemetryTable).ReadRows(context.Background(), bigtable.InfiniteRange(""), func(bigtable.Row) bool {
-		rows++
-		return true
-	}); err != nil {
-		t.Fatal(err)
-	}
-	if rows != devices*perDevice {
-		t.Errorf("Bigtable holds %d readings, want %d (every unique one, once)", rows, devices*perDevice)
-	}
-	db, err := sql.Open("duckdb", path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer db.Close()
-	var n, distinct int
-	if err := db.QueryRow(`SELECT count(*), count(DISTINCT device_id || '#' || seq) FROM main.telemetry_dedup`).Scan(&n, &distinct); err != nil {
-		t.Fatal(err)
-	}
-	if n != devices*perDevice || distinct != devices*perDevice {
-		t.Errorf("warehouse dedup view has %d rows (%d distinct readings), want %d each", n, distinct, devices*perDevice)
-	}
+	sinktest.WantEachOnce(t, project, instance, path, devices*perDevice)
 }

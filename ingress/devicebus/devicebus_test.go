@@ -1,7 +1,6 @@
 package devicebus_test
 
 import (
-	"bytes"
 	"context"
 	"errors"
 	"io"
@@ -18,6 +17,7 @@ import (
 	"google.golang.org/grpc/status"
 
 	"github.com/iotpipe/iotpipe/ingress/devicebus"
+	"github.com/iotpipe/iotpipe/ingress/internal/logtest"
 	"github.com/iotpipe/iotpipe/ingress/internal/pubsubtest"
 	"github.com/iotpipe/iotpipe/ingress/iotcore"
 	"github.com/iotpipe/iotpipe/ingress/publisher"
@@ -71,57 +71,11 @@ func (r *recorder) want(t *testing.T, s string) {
 	}
 }
 
-// logBuffer is a log a test can wait on.
-type logBuffer struct {
-	mu      sync.Mutex
-	buf     bytes.Buffer
-	changed chan struct{} // closed and replaced on every write
-}
-
-func (b *logBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	if b.changed != nil {
-		close(b.changed)
-		b.changed = nil
-	}
-	return b.buf.Write(p)
-}
-
-func (b *logBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.String()
-}
-
-// waitFor returns once the log contains s.
-func (b *logBuffer) waitFor(t *testing.T, s string) {
-	t.Helper()
-	deadline := time.After(safety)
-	for {
-		b.mu.Lock()
-		if strings.Contains(b.buf.String(), s) {
-			b.mu.Unlock()
-			return
-		}
-		if b.changed == nil {
-			b.changed = make(chan struct{})
-		}
-		changed := b.changed
-		b.mu.Unlock()
-		select {
-		case <-changed:
-		case <-deadline:
-			t.Fatalf("log never contained %q:\n%s", s, b.String())
-		}
-	}
-}
-
 type fixture struct {
 	store *registry.Store
 	fake  *pubsubtest.Fake
 	pub   *publisher.Publisher
-	logs  *logBuffer
+	logs  *logtest.Buffer
 }
 
 func setUp(t *testing.T) *fixture {
@@ -136,7 +90,7 @@ func setUp(t *testing.T) *fixture {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { pub.Close() })
-	return &fixture{store: store, fake: fake, pub: pub, logs: &logBuffer{}}
+	return &fixture{store: store, fake: fake, pub: pub, logs: &logtest.Buffer{}}
 }
 
 // bus starts a bus named instance with l attached.
@@ -411,8 +365,8 @@ func TestFanOutDropsStaleCommands(t *testing.T) {
 		t.Fatal(err)
 	}
 	lb.want(t, "config dev1 2 v2")
-	f.logs.waitFor(t, "dropping command: too old")
-	f.logs.waitFor(t, "unknown kind attribute")
+	f.logs.WaitFor(t, "dropping command: too old")
+	f.logs.WaitFor(t, "unknown kind attribute")
 	lb.mu.Lock()
 	defer lb.mu.Unlock()
 	if len(lb.seen) != 1 {

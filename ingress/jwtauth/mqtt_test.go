@@ -1,18 +1,17 @@
 package jwtauth_test
 
 import (
-	"bytes"
 	"io"
 	"log/slog"
 	"strconv"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
 	mqtt3 "github.com/eclipse/paho.mqtt.golang"
 	"github.com/golang-jwt/jwt/v5"
 
+	"github.com/iotpipe/iotpipe/ingress/internal/logtest"
 	"github.com/iotpipe/iotpipe/ingress/internal/pubsubtest"
 	"github.com/iotpipe/iotpipe/ingress/jwtauth"
 	"github.com/iotpipe/iotpipe/ingress/mqttbridge"
@@ -55,7 +54,7 @@ func TestMQTT(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { pub.Close() })
-	logs := &syncBuffer{}
+	logs := &logtest.Buffer{}
 	const grace = 100 * time.Millisecond
 	b, err := mqttbridge.NewWithAuth(mqttbridge.Config{
 		Project: reg.Project, Location: reg.Location, Registry: reg.Registry,
@@ -144,7 +143,7 @@ func TestMQTT(t *testing.T) {
 			if err == nil || !strings.Contains(err.Error(), "not Authorized") {
 				t.Fatalf("connect = %v, want refused (not Authorized)", err)
 			}
-			logs.waitFor(t, ": "+string(tt.reason)+": ")
+			logs.WaitFor(t, ": "+string(tt.reason)+": ")
 		})
 	}
 
@@ -165,52 +164,6 @@ func TestMQTT(t *testing.T) {
 		if closed := time.Now(); closed.Before(exp.Add(grace)) {
 			t.Errorf("closed at %v, before exp %v + grace %v", closed, exp, grace)
 		}
-		logs.waitFor(t, "credentials expired")
+		logs.WaitFor(t, "credentials expired")
 	})
-}
-
-// syncBuffer is a log sink safe for the bridge's goroutines, which a test can wait on.
-type syncBuffer struct {
-	mu      sync.Mutex
-	buf     bytes.Buffer
-	changed chan struct{} // closed and replaced on every write
-}
-
-func (b *syncBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	if b.changed != nil {
-		close(b.changed)
-		b.changed = nil
-	}
-	return b.buf.Write(p)
-}
-
-// waitFor returns once the log contains s.
-func (b *syncBuffer) waitFor(t *testing.T, s string) {
-	t.Helper()
-	deadline := time.After(safety)
-	for {
-		b.mu.Lock()
-		if strings.Contains(b.buf.String(), s) {
-			b.mu.Unlock()
-			return
-		}
-		if b.changed == nil {
-			b.changed = make(chan struct{})
-		}
-		changed := b.changed
-		b.mu.Unlock()
-		select {
-		case <-changed:
-		case <-deadline:
-			t.Fatalf("log never contained %q:\n%s", s, b.String())
-		}
-	}
-}
-
-func (b *syncBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.String()
 }

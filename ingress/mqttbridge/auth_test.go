@@ -11,6 +11,7 @@ import (
 
 	paho5 "github.com/eclipse/paho.golang/paho"
 
+	"github.com/iotpipe/iotpipe/ingress/internal/logtest"
 	"github.com/iotpipe/iotpipe/ingress/internal/pubsubtest"
 	"github.com/iotpipe/iotpipe/ingress/iotcore"
 	"github.com/iotpipe/iotpipe/ingress/mqttbridge"
@@ -33,7 +34,7 @@ func startWithAuth(t *testing.T, auth mqttbridge.Authenticator, addr string, gra
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { pub.Close() })
-	logs := &syncBuffer{}
+	logs := &logtest.Buffer{}
 	b, err := mqttbridge.NewWithAuth(mqttbridge.Config{
 		Project: project, Location: location, Registry: registry, EventsTopic: "events",
 		MQTTAddr: addr, ExpiryGrace: grace,
@@ -52,7 +53,7 @@ func startWithAuth(t *testing.T, auth mqttbridge.Authenticator, addr string, gra
 // AllowAll it still may not, whichever constructor built it.
 func TestNewWithAuthChecksAddress(t *testing.T) {
 	e := startWithAuth(t, expiring{}, "0.0.0.0:0", 0)
-	e.logs.waitFor(t, "plain TCP on a non-loopback address")
+	e.logs.WaitFor(t, "plain TCP on a non-loopback address")
 	if strings.Contains(e.logs.String(), "NOT authenticated") {
 		t.Error("an authenticated bridge logged that devices are not authenticated")
 	}
@@ -91,7 +92,7 @@ func TestExpiredCredentialsDisconnect(t *testing.T) {
 		e := startWithAuth(t, expiring{at: time.Now()}, "127.0.0.1:0", 10*time.Millisecond)
 		c := connectV3(t, e, "dev1", nil)
 		c.waitLost(t)
-		e.logs.waitFor(t, "credentials expired")
+		e.logs.WaitFor(t, "credentials expired")
 	})
 	t.Run("MQTT 5", func(t *testing.T) {
 		e := startWithAuth(t, expiring{at: time.Now()}, "127.0.0.1:0", 10*time.Millisecond)

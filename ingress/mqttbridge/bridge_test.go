@@ -22,6 +22,7 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
+	"github.com/iotpipe/iotpipe/ingress/internal/logtest"
 	"github.com/iotpipe/iotpipe/ingress/internal/pubsubtest"
 	"github.com/iotpipe/iotpipe/ingress/iotcore"
 	"github.com/iotpipe/iotpipe/ingress/mqttbridge"
@@ -44,7 +45,7 @@ func clientID(device string) string {
 type env struct {
 	fake   *pubsubtest.Fake
 	bridge *mqttbridge.Bridge
-	logs   *syncBuffer
+	logs   *logtest.Buffer
 }
 
 // start runs a pstest server, a publisher and a bridge on a free loopback port.
@@ -63,7 +64,7 @@ func start(t *testing.T, mod func(*mqttbridge.Config)) *env {
 	if mod != nil {
 		mod(&cfg)
 	}
-	logs := &syncBuffer{}
+	logs := &logtest.Buffer{}
 	logger := slog.New(slog.NewTextHandler(io.MultiWriter(logs, t.Output()), nil))
 	b, err := mqttbridge.New(cfg, pub, logger)
 	if err != nil {
@@ -571,7 +572,7 @@ func TestCloseDrainsInFlightPublishes(t *testing.T) {
 	<-arrived
 	closed := make(chan error, 1)
 	go func() { closed <- e.bridge.Close() }()
-	e.logs.waitFor(t, "waiting for in-flight publishes")
+	e.logs.WaitFor(t, "waiting for in-flight publishes")
 
 	release()
 	if waitToken(t, tok); tok.Error() != nil {
@@ -671,52 +672,5 @@ func TestStartFailsWhenPortTaken(t *testing.T) {
 	defer b.Close()
 	if err := b.Start(); err == nil || !strings.Contains(err.Error(), e.bridge.Addr()) {
 		t.Fatalf("Start on a taken port = %v, want an error naming %s", err, e.bridge.Addr())
-	}
-}
-
-// syncBuffer is a bytes.Buffer safe for the bridge's goroutines to log
-// into, which a test can wait on.
-type syncBuffer struct {
-	mu      sync.Mutex
-	buf     bytes.Buffer
-	changed chan struct{} // closed and replaced on every write
-}
-
-func (b *syncBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	if b.changed != nil {
-		close(b.changed)
-		b.changed = nil
-	}
-	return b.buf.Write(p)
-}
-
-func (b *syncBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.String()
-}
-
-// waitFor returns once the log contains s.
-func (b *syncBuffer) waitFor(t *testing.T, s string) {
-	t.Helper()
-	deadline := time.After(safety)
-	for {
-		b.mu.Lock()
-		if strings.Contains(b.buf.String(), s) {
-			b.mu.Unlock()
-			return
-		}
-		if b.changed == nil {
-			b.changed = make(chan struct{})
-		}
-		changed := b.changed
-		b.mu.Unlock()
-		select {
-		case <-changed:
-		case <-deadline:
-			t.Fatalf("log never contained %q:\n%s", s, b.String())
-		}
 	}
 }

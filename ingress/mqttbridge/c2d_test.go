@@ -23,6 +23,7 @@ import (
 
 	"github.com/iotpipe/iotpipe/ingress/adminapi"
 	"github.com/iotpipe/iotpipe/ingress/devicebus"
+	"github.com/iotpipe/iotpipe/ingress/internal/logtest"
 	"github.com/iotpipe/iotpipe/ingress/internal/pubsubtest"
 	"github.com/iotpipe/iotpipe/ingress/mqttbridge"
 	"github.com/iotpipe/iotpipe/ingress/publisher"
@@ -57,7 +58,7 @@ func startInstances(t *testing.T, fanout bool, names []string, ids ...string) []
 	fake := pubsubtest.Start(t, project, "events", "c2d") // after the registry: it points PUBSUB_EMULATOR_HOST here
 	var out []*instance
 	for _, name := range names {
-		logs := &syncBuffer{}
+		logs := &logtest.Buffer{}
 		logger := slog.New(slog.NewTextHandler(io.MultiWriter(logs, t.Output()), &slog.HandlerOptions{Level: slog.LevelDebug})).
 			With("instance", name)
 		pub, err := publisher.New(ctx, project)
@@ -346,7 +347,7 @@ func TestCommandNeedsSubscription(t *testing.T) {
 	wantOK(t, "command to a QoS 0 subscription", in.sendCommand(t, "dev2", "a/b", "x"))
 	wantMsg(t, ch, "/devices/dev2/commands/a/b", "x", 0)
 	c2.Disconnect(0)
-	waitForLine(t, in.logs, `msg="connection ended"`, "device=dev2")
+	in.logs.WaitForLine(t, `msg="connection ended"`, "device=dev2")
 	wantFailedPrecondition(t, "command after disconnect", in.sendCommand(t, "dev2", "", "x"))
 
 	for _, bad := range []struct{ subfolder, want string }{
@@ -471,7 +472,7 @@ func TestFanOutBetweenInstances(t *testing.T) {
 
 	// The old connection ends: b must not erase a's newer presence.
 	old.Disconnect(0)
-	waitForLine(t, b.logs, `msg="connection ended"`, "device=dev1", "presence_cleared=false")
+	b.logs.WaitForLine(t, `msg="connection ended"`, "device=dev1", "presence_cleared=false")
 	wantOK(t, "command through b after the old connection ended", b.sendCommand(t, "dev1", "", "still"))
 	wantMsg(t, moved, "/devices/dev1/commands", "still", 1)
 }
@@ -501,39 +502,10 @@ func TestSecondConnectionKeepsPresence(t *testing.T) {
 	}
 	second := subscribeV3(t, in.env, "dev1", 1)
 	first.waitLost(t)
-	waitForLine(t, in.logs, `msg="connection ended"`, "device=dev1")
+	in.logs.WaitForLine(t, `msg="connection ended"`, "device=dev1")
 	wantMsg(t, second, "/devices/dev1/config", "v1", 1)
 	wantOK(t, "command", in.sendCommand(t, "dev1", "", "x"))
 	wantMsg(t, second, "/devices/dev1/commands", "x", 1)
-}
-
-// waitForLine returns once a line of the log contains every part.
-func waitForLine(t *testing.T, b *syncBuffer, parts ...string) {
-	t.Helper()
-	deadline := time.After(safety)
-	for {
-		b.mu.Lock()
-		for line := range strings.Lines(b.buf.String()) {
-			found := true
-			for _, p := range parts {
-				found = found && strings.Contains(line, p)
-			}
-			if found {
-				b.mu.Unlock()
-				return
-			}
-		}
-		if b.changed == nil {
-			b.changed = make(chan struct{})
-		}
-		changed := b.changed
-		b.mu.Unlock()
-		select {
-		case <-changed:
-		case <-deadline:
-			t.Fatalf("no log line contains %q:\n%s", parts, b.String())
-		}
-	}
 }
 
 // A config larger than an MQTT 5 client's Maximum Packet Size is stored
@@ -563,7 +535,7 @@ func TestConfigTooLargeForClient(t *testing.T) {
 	}
 	wantMsg(t, got, "/devices/dev1/config", "v1", 1)
 	wantOK(t, "modify config too large for the client", in.modifyConfig(t, "dev1", 0, strings.Repeat("x", 1024)))
-	in.logs.waitFor(t, "packet too large")
+	in.logs.WaitFor(t, "packet too large")
 	wantOK(t, "modify config", in.modifyConfig(t, "dev1", 0, "v3"))
 	wantMsg(t, got, "/devices/dev1/config", "v3", 1)
 }

@@ -1,11 +1,9 @@
 package server_test
 
 import (
-	"bytes"
 	"encoding/base64"
 	"encoding/json"
 	"errors"
-	"io"
 	"log/slog"
 	"net"
 	"net/http"
@@ -16,6 +14,7 @@ import (
 
 	"github.com/golang-jwt/jwt/v5"
 
+	"github.com/iotpipe/iotpipe/ingress/internal/httpcall"
 	"github.com/iotpipe/iotpipe/ingress/internal/pubsubtest"
 	"github.com/iotpipe/iotpipe/ingress/metrics/metricstest"
 	"github.com/iotpipe/iotpipe/ingress/publisher"
@@ -61,32 +60,7 @@ func config() server.Config {
 // call makes an HTTP request of srv and decodes its JSON answer.
 func call(t *testing.T, srv *server.Server, method, path, bearer string, body any) (int, map[string]any) {
 	t.Helper()
-	var rd io.Reader
-	if body != nil {
-		raw, err := json.Marshal(body)
-		if err != nil {
-			t.Fatal(err)
-		}
-		rd = bytes.NewReader(raw)
-	}
-	req, err := http.NewRequestWithContext(t.Context(), method, "http://"+srv.HTTPAddr()+path, rd)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if bearer != "" {
-		req.Header.Set("Authorization", "Bearer "+bearer)
-	}
-	resp, err := http.DefaultClient.Do(req)
-	if err != nil {
-		t.Fatalf("%s %s: %v", method, path, err)
-	}
-	defer resp.Body.Close()
-	raw, _ := io.ReadAll(resp.Body)
-	var out map[string]any
-	if err := json.Unmarshal(raw, &out); err != nil {
-		t.Fatalf("%s %s: %d, body %q is not JSON: %v", method, path, resp.StatusCode, raw, err)
-	}
-	return resp.StatusCode, out
+	return httpcall.JSON(t, method, "http://"+srv.HTTPAddr()+path, bearer, body)
 }
 
 // The assembled bridge creates its registry, serves the admin API, the

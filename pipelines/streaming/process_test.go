@@ -3,7 +3,6 @@ package main
 import (
 	"bytes"
 	"context"
-	"database/sql"
 	"fmt"
 	"os"
 	"os/exec"
@@ -14,9 +13,7 @@ import (
 	"testing"
 	"time"
 
-	"cloud.google.com/go/bigtable"
-	_ "github.com/duckdb/duckdb-go/v2"
-
+	"github.com/iotpipe/iotpipe/pipelines/internal/sinktest"
 	"github.com/iotpipe/iotpipe/schemas"
 	"github.com/iotpipe/iotpipe/testing/emulators"
 	"github.com/iotpipe/iotpipe/testing/stack"
@@ -140,31 +137,5 @@ func TestKilledProcessLosesNothing(t *testing.T) {
 		t.Fatalf("restarted job after SIGTERM: %v; output:\n%s", err, out2)
 	}
 
-	c, err := bigtable.NewClient(context.Background(), project, instance)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
-	rows := 0
-	if err := c.Open(schemas.TelemetryTable).ReadRows(context.Background(), bigtable.InfiniteRange(""), func(bigtable.Row) bool {
-		rows++
-		return true
-	}); err != nil {
-		t.Fatal(err)
-	}
-	if rows != devices*perDevice {
-		t.Errorf("Bigtable holds %d readings, want %d (every unique one, once)", rows, devices*perDevice)
-	}
-	db, err := sql.Open("duckdb", warehouse)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer db.Close()
-	var n, distinct int
-	if err := db.QueryRow(`SELECT count(*), count(DISTINCT device_id || '#' || seq) FROM main.telemetry_dedup`).Scan(&n, &distinct); err != nil {
-		t.Fatal(err)
-	}
-	if n != devices*perDevice || distinct != devices*perDevice {
-		t.Errorf("warehouse dedup view has %d rows (%d distinct readings), want %d each", n, distinct, devices*perDevice)
-	}
+	sinktest.WantEachOnce(t, project, instance, warehouse, devices*perDevice)
 }
