@@ -10,7 +10,6 @@ import (
 	"slices"
 	"strings"
 	"sync"
-	"sync/atomic"
 	"time"
 
 	"cloud.google.com/go/bigquery/storage/apiv1/storagepb"
@@ -55,7 +54,7 @@ type BigQueryWriteServer struct {
 	mu     sync.Mutex
 	tables map[string]*bigQueryTable
 
-	faults appendFaults
+	faults faultBudget
 }
 
 // BigQueryTable is a table as the server knows it: what Terraform creates
@@ -168,40 +167,13 @@ func (s *BigQueryWriteServer) Rows(name string) ([]BigQueryRow, error) {
 // FailAppends makes the next n append requests fail with code, in the
 // response as BigQuery reports a failed append, storing nothing. n < 0
 // fails them until cleared; n == 0 clears.
-func (s *BigQueryWriteServer) FailAppends(n int, code codes.Code) {
-	s.faults.mu.Lock()
-	s.faults.remaining, s.faults.code = n, code
-	s.faults.mu.Unlock()
-}
+func (s *BigQueryWriteServer) FailAppends(n int, code codes.Code) { s.faults.set(n, code) }
 
 // AppendRequests is how many append requests have arrived, failed or not.
 func (s *BigQueryWriteServer) AppendRequests() int64 { return s.faults.calls.Load() }
 
 // AppendFailures is how many append requests FailAppends has failed.
 func (s *BigQueryWriteServer) AppendFailures() int64 { return s.faults.failures.Load() }
-
-type appendFaults struct {
-	mu        sync.Mutex
-	remaining int
-	code      codes.Code
-
-	calls, failures atomic.Int64
-}
-
-func (f *appendFaults) admit() *status.Status {
-	f.calls.Add(1)
-	f.mu.Lock()
-	fail, code := f.remaining != 0, f.code
-	if f.remaining > 0 {
-		f.remaining--
-	}
-	f.mu.Unlock()
-	if !fail {
-		return nil
-	}
-	f.failures.Add(1)
-	return status.Newf(code, "bigquery emulator: injected append failure")
-}
 
 // GetWriteStream describes the `_default` stream of an existing table.
 func (s *BigQueryWriteServer) GetWriteStream(_ context.Context, req *storagepb.GetWriteStreamRequest) (*storagepb.WriteStream, error) {
@@ -314,8 +286,8 @@ func (s *BigQueryWriteServer) append(conn *appendConn, req *storagepb.AppendRows
 		}
 		conn.writer[conn.stream] = ws
 	}
-	if st := s.faults.admit(); st != nil {
-		return errorResponse(st)
+	if code, fail := s.faults.take(); fail {
+		return errorResponse(status.Newf(code, "bigquery emulator: injected append failure"))
 	}
 	if req.GetOffset() != nil {
 		return errorResponse(status.Newf(codes.InvalidArgument, "bigquery emulator: %s: an offset cannot be set on a _default stream", conn.stream))

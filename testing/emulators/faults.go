@@ -17,22 +17,48 @@ var bigtableWriteMethods = map[string]bool{
 	"/google.bigtable.v2.Bigtable/CheckAndMutateRow": true,
 }
 
-// writeFaults fails Bigtable write calls on demand, before they reach the store.
-type writeFaults struct {
+// faultBudget decides which calls an emulator fails on demand, and counts
+// the calls it was asked about and the ones it failed.
+type faultBudget struct {
 	mu        sync.Mutex
 	remaining int // >0: fail this many more calls; <0: fail until cleared
+	code      codes.Code
 
 	calls, failures atomic.Int64
+}
+
+// set fails the next n calls with code; n < 0 fails every call until set
+// again, n == 0 fails none.
+func (f *faultBudget) set(n int, code codes.Code) {
+	f.mu.Lock()
+	f.remaining, f.code = n, code
+	f.mu.Unlock()
+}
+
+// take counts a call and reports whether to fail it, and with which code.
+func (f *faultBudget) take() (codes.Code, bool) {
+	f.calls.Add(1)
+	f.mu.Lock()
+	fail, code := f.remaining != 0, f.code
+	if f.remaining > 0 {
+		f.remaining--
+	}
+	f.mu.Unlock()
+	if fail {
+		f.failures.Add(1)
+	}
+	return code, fail
+}
+
+// writeFaults fails Bigtable write calls on demand, before they reach the store.
+type writeFaults struct {
+	faultBudget
 }
 
 // FailBigtableWrites makes the next n Bigtable write calls (MutateRow,
 // MutateRows, CheckAndMutateRow) fail with codes.Unavailable. n < 0 fails
 // them until ClearBigtableFaults; n == 0 clears.
-func (e *Emulators) FailBigtableWrites(n int) {
-	e.faults.mu.Lock()
-	e.faults.remaining = n
-	e.faults.mu.Unlock()
-}
+func (e *Emulators) FailBigtableWrites(n int) { e.faults.set(n, codes.Unavailable) }
 
 // ClearBigtableFaults lets Bigtable writes through again.
 func (e *Emulators) ClearBigtableFaults() { e.FailBigtableWrites(0) }
@@ -47,18 +73,10 @@ func (f *writeFaults) admit(method string) error {
 	if !bigtableWriteMethods[method] {
 		return nil
 	}
-	f.calls.Add(1)
-	f.mu.Lock()
-	fail := f.remaining != 0
-	if f.remaining > 0 {
-		f.remaining--
+	if code, fail := f.take(); fail {
+		return status.Errorf(code, "emulators: injected fault on %s", method)
 	}
-	f.mu.Unlock()
-	if !fail {
-		return nil
-	}
-	f.failures.Add(1)
-	return status.Errorf(codes.Unavailable, "emulators: injected fault on %s", method)
+	return nil
 }
 
 func (f *writeFaults) unary(ctx context.Context, req any, info *grpc.UnaryServerInfo, handler grpc.UnaryHandler) (any, error) {
