@@ -53,6 +53,7 @@ import (
 	"os/signal"
 	"syscall"
 
+	"github.com/iotpipe/iotpipe/ingress/internal/loopback"
 	"github.com/iotpipe/iotpipe/ingress/mqttbridge"
 	"github.com/iotpipe/iotpipe/ingress/server"
 )
@@ -193,13 +194,13 @@ func (o options) check(set map[string]bool) error {
 		if o.server.EventsTopic == "" {
 			return errors.New("-events_topic is required without -bigtable_instance (with it, the registry's eventNotificationConfigs route telemetry)")
 		}
-		if o.server.HTTPAddr != "" && !server.Loopback(o.server.HTTPAddr) {
+		if o.server.HTTPAddr != "" && !loopback.Addr(o.server.HTTPAddr) {
 			return fmt.Errorf("-http_addr %q is not loopback: without -bigtable_instance devices are not authenticated, so the HTTP bridge listens only on 127.0.0.1, ::1 or localhost", o.server.HTTPAddr)
 		}
 		// -mqtt_addr and -tls_addr: mqttbridge's rule (Config.ValidateFor).
 		return nil
 	}
-	if o.server.HTTPAddr != "" && !server.Loopback(o.server.HTTPAddr) && o.server.AdminToken == "" {
+	if o.server.HTTPAddr != "" && !loopback.Addr(o.server.HTTPAddr) && o.server.AdminToken == "" {
 		return fmt.Errorf("-http_addr %q is not loopback: set -admin_token, or the admin API (which creates devices and their keys) is open to anyone who reaches it", o.server.HTTPAddr)
 	}
 	return nil

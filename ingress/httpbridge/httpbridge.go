@@ -30,6 +30,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/iotpipe/iotpipe/ingress/internal/loopback"
 	"github.com/iotpipe/iotpipe/ingress/iotcore"
 	"github.com/iotpipe/iotpipe/ingress/jwtauth"
 	"github.com/iotpipe/iotpipe/ingress/metrics"
@@ -318,16 +319,7 @@ func bearerToken(r *http.Request) (string, *apiError) {
 // fromLoopback reports whether r came in on a loopback address from one.
 func fromLoopback(r *http.Request) bool {
 	local, _ := r.Context().Value(http.LocalAddrContextKey).(net.Addr)
-	return local != nil && loopback(local.String()) && loopback(r.RemoteAddr)
-}
-
-func loopback(hostport string) bool {
-	host, _, err := net.SplitHostPort(hostport)
-	if err != nil {
-		return false
-	}
-	ip := net.ParseIP(host)
-	return ip != nil && ip.IsLoopback()
+	return local != nil && loopback.Addr(local.String()) && loopback.Addr(r.RemoteAddr)
 }
 
 // readBody reads at most limit bytes of the request body.

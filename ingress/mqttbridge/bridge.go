@@ -20,6 +20,7 @@ import (
 	mqtt "github.com/mochi-mqtt/server/v2"
 	"github.com/mochi-mqtt/server/v2/packets"
 
+	"github.com/iotpipe/iotpipe/ingress/internal/loopback"
 	"github.com/iotpipe/iotpipe/ingress/iotcore"
 	"github.com/iotpipe/iotpipe/ingress/metrics"
 	"github.com/iotpipe/iotpipe/ingress/publisher"
@@ -178,14 +179,10 @@ func (cfg Config) validateFor(auth Authenticator, withTopics bool) error {
 // requireLoopback accepts host:port addresses whose host is localhost or a
 // loopback IP. An empty host means every interface and is refused.
 func requireLoopback(addr string) error {
-	host, _, err := net.SplitHostPort(addr)
-	if err != nil {
+	if _, _, err := net.SplitHostPort(addr); err != nil {
 		return fmt.Errorf("address %q: %w", addr, err)
 	}
-	if host == "localhost" {
-		return nil
-	}
-	if ip := net.ParseIP(host); ip != nil && ip.IsLoopback() {
+	if loopback.Addr(addr) {
 		return nil
 	}
 	return fmt.Errorf("address %q is not loopback: devices are not authenticated (AllowAll), so the bridge listens only on 127.0.0.1, ::1 or localhost", addr)

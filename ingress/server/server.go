@@ -28,6 +28,7 @@ import (
 	"github.com/iotpipe/iotpipe/ingress/adminapi"
 	"github.com/iotpipe/iotpipe/ingress/devicebus"
 	"github.com/iotpipe/iotpipe/ingress/httpbridge"
+	"github.com/iotpipe/iotpipe/ingress/internal/loopback"
 	"github.com/iotpipe/iotpipe/ingress/jwtauth"
 	"github.com/iotpipe/iotpipe/ingress/metrics"
 	"github.com/iotpipe/iotpipe/ingress/mqttbridge"
@@ -148,7 +149,7 @@ func Start(ctx context.Context, cfg Config, store *registry.Store, pub *publishe
 	if cfg.DrainTimeout < 0 {
 		return nil, &ConfigError{Field: "DrainTimeout", Err: fmt.Errorf("negative %v", cfg.DrainTimeout)}
 	}
-	if store != nil && cfg.HTTPAddr != "" && cfg.AdminToken == "" && !Loopback(cfg.HTTPAddr) {
+	if store != nil && cfg.HTTPAddr != "" && cfg.AdminToken == "" && !loopback.Addr(cfg.HTTPAddr) {
 		return nil, &ConfigError{Field: "AdminToken", Err: fmt.Errorf("HTTPAddr %q is not loopback: without a token the admin API, which creates devices and their keys, would be open to anyone who reaches it", cfg.HTTPAddr)}
 	}
 
@@ -329,19 +330,4 @@ func (s *Server) close() error {
 	closeIf("publisher", s.pub != nil, func() error { return s.pub.Close() })
 	closeIf("registry", s.store != nil, func() error { return s.store.Close() })
 	return errors.Join(errs...)
-}
-
-// Loopback reports whether addr's host is localhost or a loopback IP: where
-// a listener that admits anyone may listen. An empty host (every
-// interface) is not.
-func Loopback(addr string) bool {
-	host, _, err := net.SplitHostPort(addr)
-	if err != nil {
-		return false
-	}
-	if host == "localhost" {
-		return true
-	}
-	ip := net.ParseIP(host)
-	return ip != nil && ip.IsLoopback()
 }
