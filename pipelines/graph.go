@@ -140,28 +140,27 @@ func Graph(ctx context.Context, s beam.Scope, cfg GraphConfig, msgs beam.PCollec
 			}
 		}
 	}
-	events, dead := validate.Validate(s, msgs, cfg.Validation)
+	readings, dead := validate.Validate(s, msgs, cfg.Validation)
 	if len(sourceDead) > 0 {
 		dead = beam.Flatten(s, append([]beam.PCollection{dead}, sourceDead...)...)
 	}
-	validated := events
-	events, repeats := dedupe.Dedupe(s, events, cfg.Dedupe)
+	unique, repeats := dedupe.Dedupe(s, readings, cfg.Dedupe)
 	write := func(name, table string, rows beam.PCollection) beam.PCollection {
 		return bigtablesink.Write(s.Scope(name), bigtablesink.Config{
 			Project: cfg.BigtableProject, Instance: cfg.BigtableInstance,
 			Table: table, WriteTimeout: cfg.BigtableWriteTimeout,
 		}, rows)
 	}
-	written := write("Telemetry", schemas.TelemetryTable, beam.ParDo(s, schemas.TelemetryRow, events))
+	written := write("Telemetry", schemas.TelemetryTable, beam.ParDo(s, schemas.TelemetryRow, unique))
 	deadWritten := write("DeadLetters", schemas.DeadLetterTable, beam.ParDo(s, schemas.DeadLetterRow, dead))
 
 	// Aggregates window by event time, so they read the readings before
-	// dedupe: its grouping stamps everything at the end of the global window,
-	// which in a bounded run is behind no window at all but after every one,
-	// and the runner would drop them all as late. The summaries count each
+	// dedupe: its grouping stamps everything at the end of the global
+	// window, which in a bounded run lies after every event-time window, and
+	// the runner would drop them all as late. The summaries count each
 	// (device, seq) once by themselves (aggregate.Accumulator).
-	write("Aggregates", schemas.AggregatesTable, beam.ParDo(s, schemas.AggregateRow, aggregate.PerMinute(s, validated, cfg.Aggregate)))
-	enriched := enrich.Enrich(s, events, cfg.Reference)
+	write("Aggregates", schemas.AggregatesTable, beam.ParDo(s, schemas.AggregateRow, aggregate.PerMinute(s, readings, cfg.Aggregate)))
+	enriched := enrich.Enrich(s, unique, cfg.Reference)
 	alerted := alerts.Thresholds(s, enriched, cfg.Reference, cfg.Alerts)
 	write("Alerts", schemas.AlertsTable, beam.ParDo(s, schemas.AlertRow, alerted))
 	if cfg.AlertsTopic != "" {
@@ -174,7 +173,7 @@ func Graph(ctx context.Context, s beam.Scope, cfg GraphConfig, msgs beam.PCollec
 	}
 	if cfg.Warehouse != "" {
 		wh := warehousesink.Config{URL: cfg.Warehouse}
-		groups[0] = append(groups[0], warehousesink.Write(s.Scope("Warehouse"), wh, events))
+		groups[0] = append(groups[0], warehousesink.Write(s.Scope("Warehouse"), wh, unique))
 		groups[1] = append(groups[1], warehousesink.WriteDeadLetters(s.Scope("WarehouseDeadLetters"), wh, dead))
 	}
 	return groups, nil
