@@ -2,7 +2,6 @@ package pipelines_test
 
 import (
 	"context"
-	"encoding/json"
 	"flag"
 	"fmt"
 	"io"
@@ -84,6 +83,10 @@ func BenchmarkBackfill(b *testing.B) {
 	b.StopTimer()
 	// What was written: every unique reading, and every window the plain-Go
 	// summary has.
+	checker, err := validate.NewChecker(validate.Config{})
+	if err != nil {
+		b.Fatal(err)
+	}
 	summary := aggregate.NewSummary(time.Minute)
 	unique := 0
 	for i := 0; i < n; i++ {
@@ -92,15 +95,11 @@ func BenchmarkBackfill(b *testing.B) {
 		}
 		unique++
 		attrs, data := fleetMessage(i)
-		var p struct {
-			TS      int64              `json:"ts"`
-			Seq     int64              `json:"seq"`
-			Metrics map[string]float64 `json:"metrics"`
+		e, rej := checker.Check(pubsubsource.Message{ID: fmt.Sprint(i), Data: data, Attributes: attrs, PublishMillis: 1700000000000 + int64(i)})
+		if rej != nil {
+			b.Fatalf("message %d rejected: %v", i, rej.Err)
 		}
-		if err := json.Unmarshal(data, &p); err != nil {
-			b.Fatal(err)
-		}
-		summary.Add(schemas.Event{DeviceID: attrs[schemas.AttrDeviceID], TS: p.TS, Seq: p.Seq, Metrics: p.Metrics})
+		summary.Add(e)
 	}
 	for _, c := range []struct {
 		table string
