@@ -1,7 +1,6 @@
 package mqttbridge
 
 import (
-	"bytes"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -46,12 +45,11 @@ type aclHook struct {
 
 func (h *aclHook) ID() string { return "iotcore-acl" }
 
-func (h *aclHook) Provides(b byte) bool {
-	return bytes.Contains([]byte{mqtt.OnACLCheck}, []byte{b})
-}
+func (h *aclHook) Provides(b byte) bool { return b == mqtt.OnACLCheck }
 
-// OnACLCheck is called with write=true for a PUBLISH from the client and
-// write=false for each SUBSCRIBE filter and each message delivered to it.
+// OnACLCheck is called with write=true for a PUBLISH from the client, on its
+// read goroutine, and write=false for each SUBSCRIBE filter and each message
+// delivered to it, which may be on another goroutine.
 func (h *aclHook) OnACLCheck(cl *mqtt.Client, topic string, write bool) bool {
 	err := h.check(cl, topic, write)
 	if err == nil {
@@ -64,16 +62,22 @@ func (h *aclHook) OnACLCheck(cl *mqtt.Client, topic string, write bool) bool {
 }
 
 func (h *aclHook) check(cl *mqtt.Client, topic string, write bool) error {
-	dev, ok := h.devices.get(cl)
+	s, ok := h.devices.get(cl)
 	if !ok {
 		return errors.New("client has no authenticated device")
 	}
-	t, err := iotcore.ParseTopic(topic)
+	var t iotcore.Topic
+	var err error
+	if write {
+		t, err = s.topic(topic) // the publish's hooks reuse this parse
+	} else {
+		t, err = iotcore.ParseTopic(topic) // not necessarily on the client's read goroutine
+	}
 	if err != nil {
 		return err
 	}
-	if t.Device != dev.Path.Device {
-		return fmt.Errorf("topic of device %q, client is device %q", t.Device, dev.Path.Device)
+	if t.Device != s.dev.Path.Device {
+		return fmt.Errorf("topic of device %q, client is device %q", t.Device, s.dev.Path.Device)
 	}
 	switch {
 	case write && (t.Kind == iotcore.Events || t.Kind == iotcore.State):

@@ -10,6 +10,7 @@
 package mqttbridge
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -188,6 +189,11 @@ func requireLoopback(addr string) error {
 	return fmt.Errorf("address %q is not loopback: devices are not authenticated (AllowAll), so the bridge listens only on 127.0.0.1, ::1 or localhost", addr)
 }
 
+// debugEnabled reports whether log writes debug records. Hooks check it
+// before logging per message, so that the arguments of a record nobody
+// wants are not boxed into interfaces.
+func debugEnabled(log *slog.Logger) bool { return log.Enabled(context.Background(), slog.LevelDebug) }
+
 // maxWritesPending bounds a connection's queue of messages to write.
 const maxWritesPending = 128
 
@@ -244,11 +250,10 @@ func newBridge(cfg Config, router messageRouter, auth Authenticator, logger *slo
 	// last among OnPublish hooks (see their comments).
 	hooks := []mqtt.Hook{
 		&dialectHook{disc: disc, log: logger.With("hook", "iotcore-dialect")},
-		&identityHook{registry: registry, auth: auth, devices: devices, metrics: cfg.Metrics, log: logger.With("hook", "iotcore-identity")},
 		&expiryHook{grace: cfg.ExpiryGrace, devices: devices, disc: disc, log: logger.With("hook", "credential-expiry")},
 		&aclHook{devices: devices, disc: disc, log: logger.With("hook", "iotcore-acl")},
 		limits,
-		&metricsHook{metrics: cfg.Metrics, log: logger.With("hook", "metrics")},
+		&metricsHook{devices: devices, metrics: cfg.Metrics, log: logger.With("hook", "metrics")},
 		forward,
 	}
 	optional, err := optionHooks(opts, server, registry, devices, disc, logger)
@@ -256,6 +261,13 @@ func newBridge(cfg Config, router messageRouter, auth Authenticator, logger *slo
 		return nil, err
 	}
 	hooks = append(hooks, optional...)
+	// identityHook starts a connection's session in OnConnectAuthenticate,
+	// before mochi calls any hook that reads sessions, wherever it is in the
+	// list; it ends it in OnDisconnect, which must run after every other
+	// hook's OnDisconnect. mochi calls hooks in the order they were added,
+	// so it is added last.
+	hooks = append(hooks, &identityHook{registry: registry, auth: auth, devices: devices, metrics: cfg.Metrics,
+		log: logger.With("hook", "iotcore-identity")})
 	for _, h := range hooks {
 		if err := server.AddHook(h, nil); err != nil {
 			return nil, fmt.Errorf("mqttbridge: add hook %s: %w", h.ID(), err)

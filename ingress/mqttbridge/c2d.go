@@ -1,7 +1,6 @@
 package mqttbridge
 
 import (
-	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -103,15 +102,19 @@ type presenceFlags struct{ config, commands bool }
 func (h *c2dHook) ID() string { return "cloud-to-device" }
 
 func (h *c2dHook) Provides(b byte) bool {
-	return bytes.Contains([]byte{mqtt.OnSessionEstablished, mqtt.OnSubscribed, mqtt.OnUnsubscribed,
-		mqtt.OnPacketProcessed, mqtt.OnDisconnect}, []byte{b})
+	switch b {
+	case mqtt.OnSessionEstablished, mqtt.OnSubscribed, mqtt.OnUnsubscribed, mqtt.OnPacketProcessed, mqtt.OnDisconnect:
+		return true
+	}
+	return false
 }
 
 func (h *c2dHook) OnSessionEstablished(cl *mqtt.Client, _ packets.Packet) {
-	dev, ok := h.devices.get(cl)
+	s, ok := h.devices.get(cl)
 	if !ok {
 		return
 	}
+	dev := s.dev
 	c := &c2dConn{conn: h.bus.NewConn(dev.Path)}
 	h.conns.Store(cl, c)
 	if cl.State.Subscriptions.Len() == 0 {

@@ -1,7 +1,6 @@
 package mqttbridge
 
 import (
-	"bytes"
 	"fmt"
 	"log/slog"
 
@@ -27,7 +26,11 @@ type dialectHook struct {
 func (h *dialectHook) ID() string { return "iotcore-dialect" }
 
 func (h *dialectHook) Provides(b byte) bool {
-	return bytes.Contains([]byte{mqtt.OnConnect, mqtt.OnPacketRead}, []byte{b})
+	switch b {
+	case mqtt.OnConnect, mqtt.OnPacketRead:
+		return true
+	}
+	return false
 }
 
 // OnConnect runs before authentication, on the connection's own goroutine,

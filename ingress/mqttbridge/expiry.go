@@ -1,7 +1,6 @@
 package mqttbridge
 
 import (
-	"bytes"
 	"log/slog"
 	"sync"
 	"time"
@@ -29,14 +28,19 @@ type expiryHook struct {
 func (h *expiryHook) ID() string { return "credential-expiry" }
 
 func (h *expiryHook) Provides(b byte) bool {
-	return bytes.Contains([]byte{mqtt.OnSessionEstablished, mqtt.OnDisconnect}, []byte{b})
+	switch b {
+	case mqtt.OnSessionEstablished, mqtt.OnDisconnect:
+		return true
+	}
+	return false
 }
 
 func (h *expiryHook) OnSessionEstablished(cl *mqtt.Client, _ packets.Packet) {
-	dev, ok := h.devices.get(cl)
-	if !ok || dev.Expiry.IsZero() {
+	s, ok := h.devices.get(cl)
+	if !ok || s.dev.Expiry.IsZero() {
 		return
 	}
+	dev := s.dev
 	deadline := dev.Expiry.Add(h.grace)
 	h.timers.Store(cl, time.AfterFunc(time.Until(deadline), func() {
 		h.log.Info("closing connection: credentials expired", "device", dev.Path.Device, "remote", cl.Net.Remote,

@@ -1,7 +1,6 @@
 package mqttbridge
 
 import (
-	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -12,7 +11,6 @@ import (
 	mqtt "github.com/mochi-mqtt/server/v2"
 	"github.com/mochi-mqtt/server/v2/packets"
 
-	"github.com/iotpipe/iotpipe/ingress/iotcore"
 	"github.com/iotpipe/iotpipe/ingress/publisher"
 )
 
@@ -65,26 +63,39 @@ type forwardHook struct {
 	disc    disconnector
 	log     *slog.Logger
 
+	// drain counts the publishes between OnPublish and OnPacketProcessed,
+	// i.e. whose PUBACK is not written yet; session.forwarding marks the
+	// client's. A client's packets are processed one at a time, so one flag
+	// per client suffices.
 	drain drainGate
-	// pending holds the clients whose publish is between OnPublish and
-	// OnPacketProcessed, i.e. whose PUBACK is not written yet. A client's
-	// packets are processed one at a time, so one entry per client suffices.
-	pending sync.Map // *mqtt.Client → struct{}
 }
+
+// successIgnore is packets.CodeSuccessIgnore as an error, boxed once rather
+// than for every message.
+var successIgnore error = packets.CodeSuccessIgnore
 
 func (h *forwardHook) ID() string { return "pubsub-forward" }
 
 func (h *forwardHook) Provides(b byte) bool {
-	return bytes.Contains([]byte{mqtt.OnPublish, mqtt.OnPacketProcessed}, []byte{b})
+	switch b {
+	case mqtt.OnPublish, mqtt.OnPacketProcessed:
+		return true
+	}
+	return false
 }
 
 func (h *forwardHook) OnPublish(cl *mqtt.Client, pk packets.Packet) (packets.Packet, error) {
 	if !h.drain.enter() {
 		return pk, h.refuse(cl, pk, packets.ErrServerShuttingDown, errors.New("bridge is shutting down"))
 	}
-	h.pending.Store(cl, struct{}{})
+	s, ok := h.devices.get(cl)
+	if !ok {
+		h.drain.leave() // no session to hold the entry until OnPacketProcessed; nothing will be acknowledged
+		return pk, h.refuse(cl, pk, packets.ErrNotAuthorized, errors.New("client has no authenticated device"))
+	}
+	s.forwarding = true
 
-	m, err := h.message(cl, pk)
+	m, err := h.message(s, pk)
 	if err != nil {
 		return pk, h.refuse(cl, pk, packets.ErrNotAuthorized, err)
 	}
@@ -108,25 +119,24 @@ func (h *forwardHook) OnPublish(cl *mqtt.Client, pk packets.Packet) (packets.Pac
 			return pk, fmt.Errorf("%w: %w", packets.ErrRejectPacket, err)
 		}
 		return pk, h.refuse(cl, pk, errForwardFailed, err)
-	case sent.Topic == "":
-		h.log.Debug("state not forwarded: no state topic configured", "client", cl.ID)
-	default:
-		h.log.Debug("forwarded", "client", cl.ID, "topic", pk.TopicName, "pubsub_topic", sent.Topic, "message_id", sent.MessageID)
 	}
-	return pk, packets.CodeSuccessIgnore
+	if debugEnabled(h.log) {
+		if sent.Topic == "" {
+			h.log.Debug("state not forwarded: no state topic configured", "client", cl.ID)
+		} else {
+			h.log.Debug("forwarded", "client", cl.ID, "topic", pk.TopicName, "pubsub_topic", sent.Topic, "message_id", sent.MessageID)
+		}
+	}
+	return pk, successIgnore
 }
 
 // message is the router's view of a publish the ACL allowed.
-func (h *forwardHook) message(cl *mqtt.Client, pk packets.Packet) (publisher.Message, error) {
-	dev, ok := h.devices.get(cl)
-	if !ok {
-		return publisher.Message{}, errors.New("client has no authenticated device")
-	}
-	t, err := iotcore.ParseTopic(pk.TopicName)
+func (h *forwardHook) message(s *session, pk packets.Packet) (publisher.Message, error) {
+	t, err := s.topic(pk.TopicName)
 	if err != nil {
 		return publisher.Message{}, err
 	}
-	return publisher.Message{Device: dev.Path, NumID: dev.NumID, Kind: t.Kind, SubFolder: t.SubFolder, Data: pk.Payload}, nil
+	return publisher.Message{Device: s.dev.Path, NumID: s.dev.NumID, Kind: t.Kind, SubFolder: t.SubFolder, Data: pk.Payload}, nil
 }
 
 // refuse closes the client's connection and returns the error that makes
@@ -143,7 +153,8 @@ func (h *forwardHook) OnPacketProcessed(cl *mqtt.Client, pk packets.Packet, _ er
 	if pk.FixedHeader.Type != packets.Publish {
 		return
 	}
-	if _, ok := h.pending.LoadAndDelete(cl); ok {
+	if s, ok := h.devices.get(cl); ok && s.forwarding {
+		s.forwarding = false
 		h.drain.leave()
 	}
 }

@@ -86,7 +86,11 @@ func TestIdentityHook(t *testing.T) {
 			if got := h.OnConnectAuthenticate(cl, packets.Packet{}); got != tt.admit {
 				t.Fatalf("OnConnectAuthenticate(%q) = %v, want %v", tt.id, got, tt.admit)
 			}
-			dev, ok := devices.get(cl)
+			var dev Device
+			s, ok := devices.get(cl)
+			if ok {
+				dev = s.dev
+			}
 			if ok != tt.admit || (ok && dev.Path != devicePath(tt.device)) {
 				t.Fatalf("recorded device = %+v, %v", dev, ok)
 			}

@@ -1,10 +1,8 @@
 package mqttbridge
 
 import (
-	"bytes"
 	"errors"
 	"log/slog"
-	"sync"
 	"time"
 
 	mqtt "github.com/mochi-mqtt/server/v2"
@@ -118,21 +116,25 @@ func rejectReason(code packets.Code) string {
 // It must come after rateLimitHook and before forwardHook among OnPublish
 // hooks, so that the latency it measures is Pub/Sub's, not time spent
 // throttled.
+//
+// The start of the publish in progress is kept in session.publishStart; a
+// client's packets are processed one at a time.
 type metricsHook struct {
 	mqtt.HookBase
+	devices *deviceTable
 	metrics *metrics.Metrics
 	log     *slog.Logger
-
-	// started holds when each client's current publish was handed on to
-	// forwardHook; a client's packets are processed one at a time.
-	started sync.Map // *mqtt.Client → time.Time
 }
 
 func (h *metricsHook) ID() string { return "metrics" }
 
 func (h *metricsHook) Provides(b byte) bool {
-	return bytes.Contains([]byte{mqtt.OnSessionEstablished, mqtt.OnDisconnect, mqtt.OnPublish, mqtt.OnPublished,
-		mqtt.OnPacketProcessed, mqtt.OnPacketSent}, []byte{b})
+	switch b {
+	case mqtt.OnSessionEstablished, mqtt.OnDisconnect, mqtt.OnPublish, mqtt.OnPublished,
+		mqtt.OnPacketProcessed, mqtt.OnPacketSent:
+		return true
+	}
+	return false
 }
 
 // OnSessionEstablished and OnDisconnect pair up: mochi calls OnDisconnect
@@ -143,7 +145,6 @@ func (h *metricsHook) OnSessionEstablished(*mqtt.Client, packets.Packet) {
 
 func (h *metricsHook) OnDisconnect(cl *mqtt.Client, err error, _ bool) {
 	h.metrics.Disconnected(metrics.MQTT)
-	h.started.Delete(cl)
 	// mochi refuses a packet over the maximum packet size while reading its
 	// header, before any hook sees it, and ends the connection with this error.
 	if errors.Is(err, packets.ErrPacketTooLarge) {
@@ -154,7 +155,9 @@ func (h *metricsHook) OnDisconnect(cl *mqtt.Client, err error, _ bool) {
 }
 
 func (h *metricsHook) OnPublish(cl *mqtt.Client, pk packets.Packet) (packets.Packet, error) {
-	h.started.Store(cl, time.Now())
+	if s, ok := h.devices.get(cl); ok {
+		s.publishStart = time.Now()
+	}
 	return pk, nil
 }
 
@@ -162,17 +165,26 @@ func (h *metricsHook) OnPublished(cl *mqtt.Client, pk packets.Packet) {
 	if cl.Net.Inline {
 		return // the server's own publishes are not device messages
 	}
-	if t, ok := h.started.Load(cl); ok {
-		h.metrics.ObservePublish(metrics.MQTT, time.Since(t.(time.Time)))
+	s, ok := h.devices.get(cl)
+	if !ok {
+		return // not a device's: aclHook refuses every publish of a client without a session
 	}
-	if k := topicKind(pk.TopicName); k == metrics.Events || k == metrics.State {
-		h.metrics.MessageIn(metrics.MQTT, k)
+	if !s.publishStart.IsZero() {
+		h.metrics.ObservePublish(metrics.MQTT, time.Since(s.publishStart))
+	}
+	if t, err := s.topic(pk.TopicName); err == nil {
+		if k := kindOf(t); k == metrics.Events || k == metrics.State {
+			h.metrics.MessageIn(metrics.MQTT, k)
+		}
 	}
 }
 
 func (h *metricsHook) OnPacketProcessed(cl *mqtt.Client, pk packets.Packet, _ error) {
-	if pk.FixedHeader.Type == packets.Publish {
-		h.started.Delete(cl)
+	if pk.FixedHeader.Type != packets.Publish {
+		return
+	}
+	if s, ok := h.devices.get(cl); ok {
+		s.publishStart = time.Time{}
 	}
 }
 
@@ -193,5 +205,8 @@ func topicKind(topic string) metrics.Kind {
 	if err != nil {
 		return ""
 	}
-	return metrics.Kind(t.Kind.String())
+	return kindOf(t)
 }
+
+// kindOf is the metrics kind of a parsed topic.
+func kindOf(t iotcore.Topic) metrics.Kind { return metrics.Kind(t.Kind.String()) }

@@ -1,7 +1,6 @@
 package mqttbridge
 
 import (
-	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -170,8 +169,6 @@ type rateLimitHook struct {
 	closing   chan struct{} // closed by abortWaits
 	closeOnce sync.Once
 
-	conns sync.Map // *mqtt.Client → *connLimits
-
 	mu      sync.Mutex
 	devs    map[iotcore.DevicePath]*deviceLimits
 	sweepAt int                                // len(devs) at which idle entries are swept
@@ -193,16 +190,20 @@ func newRateLimitHook(l Limits, devices *deviceTable, disc disconnector, m *metr
 func (h *rateLimitHook) ID() string { return "rate-limit" }
 
 func (h *rateLimitHook) Provides(b byte) bool {
-	return bytes.Contains([]byte{mqtt.OnSessionEstablished, mqtt.OnDisconnect, mqtt.OnPublish, mqtt.OnPacketProcessed}, []byte{b})
+	switch b {
+	case mqtt.OnSessionEstablished, mqtt.OnDisconnect, mqtt.OnPublish, mqtt.OnPacketProcessed:
+		return true
+	}
+	return false
 }
 
 // abortWaits ends every wait at once, refusing the publishes that were
 // waiting: Bridge.Close calls it so that closing does not wait out the limits.
 func (h *rateLimitHook) abortWaits() { h.closeOnce.Do(func() { close(h.closing) }) }
 
-// connLimits is the limiter state of one connection. Only the connection's
-// read goroutine touches held, which is where mochi calls OnPublish,
-// OnPacketProcessed and OnDisconnect.
+// connLimits is the limiter state of one connection (session.limits). Only
+// the connection's read goroutine touches held, which is where mochi calls
+// OnPublish, OnPacketProcessed and OnDisconnect.
 type connLimits struct {
 	dev      iotcore.DevicePath
 	messages *rate.Limiter // nil: no limit
@@ -240,25 +241,29 @@ func newLimiter(perSecond float64, minBurst int) *rate.Limiter {
 }
 
 func (h *rateLimitHook) OnSessionEstablished(cl *mqtt.Client, _ packets.Packet) {
-	dev, ok := h.devices.get(cl)
+	s, ok := h.devices.get(cl)
 	if !ok {
 		return
 	}
-	h.conns.Store(cl, &connLimits{
-		dev:      dev.Path,
+	dp := s.dev.Path
+	s.limits = &connLimits{
+		dev:      dp,
 		messages: newLimiter(h.limits.ConnectionMessagesPerSecond, 1),
-		device:   h.acquireDevice(dev.Path),
-		tenant:   h.tenant(dev.Path),
+		device:   h.acquireDevice(dp),
+		tenant:   h.tenant(dp),
 		held:     -1,
-	})
+	}
 }
 
+// OnDisconnect gives back what the connection holds, once: it clears
+// session.limits. It runs before identityHook's OnDisconnect ends the session.
 func (h *rateLimitHook) OnDisconnect(cl *mqtt.Client, _ error, _ bool) {
-	v, ok := h.conns.LoadAndDelete(cl)
-	if !ok {
+	s, ok := h.devices.get(cl)
+	if !ok || s.limits == nil {
 		return
 	}
-	c := v.(*connLimits)
+	c := s.limits
+	s.limits = nil
 	c.release()
 	h.releaseDevice(c.dev, c.device)
 }
@@ -319,13 +324,13 @@ func (h *rateLimitHook) tenant(dp iotcore.DevicePath) *tenantGate {
 }
 
 func (h *rateLimitHook) OnPublish(cl *mqtt.Client, pk packets.Packet) (packets.Packet, error) {
-	v, ok := h.conns.Load(cl)
-	if !ok {
+	s, ok := h.devices.get(cl)
+	if !ok || s.limits == nil {
 		return pk, nil // not a device session (mochi's inline client)
 	}
-	c := v.(*connLimits)
+	c := s.limits
 	kind := iotcore.Events
-	if t, err := iotcore.ParseTopic(pk.TopicName); err == nil {
+	if t, err := s.topic(pk.TopicName); err == nil {
 		kind = t.Kind
 	}
 
@@ -337,7 +342,9 @@ func (h *rateLimitHook) OnPublish(cl *mqtt.Client, pk packets.Packet) (packets.P
 	}
 	if delay > 0 {
 		h.metrics.Throttled(metrics.MQTT, limit, delay)
-		h.log.Debug("throttling device", "client", cl.ID, "limit", limit, "delay", delay)
+		if debugEnabled(h.log) {
+			h.log.Debug("throttling device", "client", cl.ID, "limit", limit, "delay", delay)
+		}
 		if err := h.wait(delay); err != nil {
 			return pk, h.refuse(cl, pk, packets.ErrServerShuttingDown, err)
 		}
@@ -375,33 +382,37 @@ func (h *rateLimitHook) OnPublish(cl *mqtt.Client, pk packets.Packet) (packets.P
 // false.
 func (c *connLimits) reserve(now time.Time, kind iotcore.TopicKind, size int, maxDelay time.Duration) (time.Duration, string, bool) {
 	type bucket struct {
-		l     *rate.Limiter
+		l     *rate.Limiter // nil: no limit
 		n     int
 		limit string
 	}
-	buckets := []bucket{
+	// Arrays, not slices, so that a message allocates nothing here.
+	buckets := [...]bucket{
 		{c.messages, 1, metrics.LimitConnectionMessages},
 		{c.device.bytes, size, metrics.LimitDeviceBytes},
+		{nil, 1, metrics.LimitDeviceState},
 	}
 	if kind == iotcore.State {
-		buckets = append(buckets, bucket{c.device.state, 1, metrics.LimitDeviceState})
+		buckets[2].l = c.device.state
 	}
 	var (
 		delay time.Duration
 		limit string
-		taken []*rate.Reservation
+		taken [len(buckets)]rate.Reservation // copies: keeping the *Reservation would put each on the heap
+		n     int
 	)
 	ok := true
 	for _, b := range buckets {
 		if b.l == nil {
 			continue
 		}
-		r := b.l.ReserveN(now, b.n)
+		r := *b.l.ReserveN(now, b.n)
 		if !r.OK() { // more than the bucket holds: it would never pass
 			delay, limit, ok = time.Duration(math.MaxInt64), b.limit, false
 			break
 		}
-		taken = append(taken, r)
+		taken[n] = r
+		n++
 		if d := r.DelayFrom(now); d > delay {
 			delay, limit = d, b.limit
 		}
@@ -409,8 +420,8 @@ func (c *connLimits) reserve(now time.Time, kind iotcore.TopicKind, size int, ma
 	if ok && delay <= max(maxDelay, 0) {
 		return delay, limit, true
 	}
-	for _, r := range taken {
-		r.CancelAt(now)
+	for i := range taken[:n] {
+		taken[i].CancelAt(now)
 	}
 	return delay, limit, false
 }
@@ -457,8 +468,8 @@ func (h *rateLimitHook) OnPacketProcessed(cl *mqtt.Client, pk packets.Packet, _ 
 	if pk.FixedHeader.Type != packets.Publish {
 		return
 	}
-	if v, ok := h.conns.Load(cl); ok {
-		v.(*connLimits).release()
+	if s, ok := h.devices.get(cl); ok && s.limits != nil {
+		s.limits.release()
 	}
 }
 
