@@ -2,8 +2,6 @@ package pubsubsource
 
 import (
 	"context"
-	"strconv"
-	"strings"
 
 	"cloud.google.com/go/pubsub/v2"
 	"cloud.google.com/go/pubsub/v2/apiv1/pubsubpb"
@@ -13,9 +11,9 @@ import (
 )
 
 func init() {
-	register.DoFn2x0[context.Context, string](&ackFn{})
-	register.DoFn2x0[string, func(string)](&tagFn{})
-	register.Emitter1[string]()
+	register.DoFn2x0[context.Context, Receipts](&ackFn{})
+	register.DoFn3x0[beam.EventTime, string, func(beam.EventTime, Receipts)](&tagFn{})
+	register.Emitter2[beam.EventTime, Receipts]()
 }
 
 // ReceiptGroup is the sinks one kind of message goes to: PCollections of
@@ -26,6 +24,10 @@ type ReceiptGroup []beam.PCollection
 // Ack acknowledges, on subscription, each message once every sink of its
 // group has handed back its receipt. Receipts are batched per bundle; an
 // empty receipt (a message that did not come from Read) is skipped.
+//
+// The receipts of all sinks meet in one Flatten, which a runner may carry
+// out itself (prism does), moving every element across its boundary; so they
+// cross it as a bundle's Receipts, not one by one.
 //
 // Receipts of one message may arrive in different bundles: the count is kept
 // in the process's ledger of the subscription (see flow), shared by every
@@ -45,12 +47,40 @@ func Ack(s beam.Scope, subscription string, groups ...ReceiptGroup) {
 	beam.ParDo0(s, &ackFn{Subscription: subscription}, tagged)
 }
 
-// tagFn prefixes a receipt with how many receipts its message needs.
-type tagFn struct{ Need int }
+// Receipts are one sink's receipts from one bundle, and how many receipts
+// each of their messages needs (the size of the sink's group).
+type Receipts struct {
+	Need   int
+	AckIDs []string
+}
 
-func (fn *tagFn) ProcessElement(ackID string, emit func(string)) {
-	if ackID != "" {
-		emit(strconv.Itoa(fn.Need) + ":" + ackID)
+// tagFn gathers a bundle's receipts of one sink into Receipts.
+type tagFn struct {
+	Need int
+
+	batch  []string
+	oldest beam.EventTime
+}
+
+func (fn *tagFn) ProcessElement(ts beam.EventTime, ackID string, emit func(beam.EventTime, Receipts)) {
+	if ackID == "" {
+		return
+	}
+	if len(fn.batch) == 0 || ts < fn.oldest {
+		fn.oldest = ts
+	}
+	fn.batch = append(fn.batch, ackID)
+	if len(fn.batch) >= maxAckIDsPerCall {
+		fn.FinishBundle(emit)
+	}
+}
+
+// FinishBundle emits the batch stamped with its oldest receipt's timestamp,
+// so that it holds the watermark no further than they did.
+func (fn *tagFn) FinishBundle(emit func(beam.EventTime, Receipts)) {
+	if len(fn.batch) > 0 {
+		emit(fn.oldest, Receipts{Need: fn.Need, AckIDs: fn.batch})
+		fn.batch = nil // emit may keep the slice
 	}
 }
 
@@ -85,19 +115,15 @@ func (fn *ackFn) Teardown() error {
 
 func (fn *ackFn) StartBundle(context.Context) { fn.pending = fn.pending[:0] }
 
-func (fn *ackFn) ProcessElement(ctx context.Context, receipt string) {
-	need, ackID, ok := strings.Cut(receipt, ":")
-	n, err := strconv.Atoi(need)
-	if !ok || err != nil || ackID == "" {
-		log.Errorf(ctx, "pubsubsource: malformed receipt %q dropped; its message will be redelivered", receipt)
-		return
-	}
-	if n > 1 && !flowOf(fn.Subscription).arrived(ackID, n) {
-		return // other sinks of this message have not reported yet
-	}
-	fn.pending = append(fn.pending, ackID)
-	if len(fn.pending) >= maxAckIDsPerCall {
-		fn.flush(ctx)
+func (fn *ackFn) ProcessElement(ctx context.Context, r Receipts) {
+	for _, ackID := range r.AckIDs {
+		if r.Need > 1 && !flowOf(fn.Subscription).arrived(ackID, r.Need) {
+			continue // other sinks of this message have not reported yet
+		}
+		fn.pending = append(fn.pending, ackID)
+		if len(fn.pending) >= maxAckIDsPerCall {
+			fn.flush(ctx)
+		}
 	}
 }
 
