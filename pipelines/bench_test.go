@@ -1,7 +1,9 @@
 package pipelines_test
 
 import (
+	"bufio"
 	"context"
+	"errors"
 	"flag"
 	"fmt"
 	"io"
@@ -13,6 +15,9 @@ import (
 
 	"cloud.google.com/go/bigtable"
 	"cloud.google.com/go/pubsub/v2/apiv1/pubsubpb"
+	"github.com/apache/beam/sdks/v2/go/pkg/beam"
+	"github.com/apache/beam/sdks/v2/go/pkg/beam/io/textio"
+	"github.com/apache/beam/sdks/v2/go/pkg/beam/register"
 	"github.com/apache/beam/sdks/v2/go/pkg/beam/runners/prism"
 
 	"github.com/iotpipe/iotpipe/pipelines"
@@ -54,22 +59,12 @@ func fleetMessage(i int) (attrs map[string]string, data []byte) {
 // events, Bigtable writes to the in-process emulator included.
 func BenchmarkBackfill(b *testing.B) {
 	n := *benchEvents
-	dir := b.TempDir()
-	f, err := os.Create(filepath.Join(dir, "part-0.ndjson"))
-	if err != nil {
-		b.Fatal(err)
-	}
-	for i := 0; i < n; i++ {
-		attrs, data := fleetMessage(i)
-		line, _ := schemas.MarshalArchive(fmt.Sprintf("m%d", i), 1700000000000+int64(i), attrs, data)
-		f.Write(append(line, '\n'))
-	}
-	f.Close()
+	input := writeArchive(b, n)
 	startEmulators(b)
 	b.ResetTimer()
 	for i := 0; i < b.N; i++ {
 		p, err := pipelines.Backfill(context.Background(), pipelines.BackfillConfig{
-			Input: filepath.Join(dir, "*.ndjson"),
+			Input: input,
 			Graph: pipelines.GraphConfig{BigtableProject: project, BigtableInstance: instance},
 		})
 		if err != nil {
@@ -109,6 +104,108 @@ func BenchmarkBackfill(b *testing.B) {
 			b.Errorf("%s has %d rows, want %d", c.table, got, c.want)
 		}
 	}
+}
+
+// writeArchive writes n fleet messages as one archive file and returns its glob.
+func writeArchive(b *testing.B, n int) string {
+	b.Helper()
+	dir := b.TempDir()
+	f, err := os.Create(filepath.Join(dir, "part-0.ndjson"))
+	if err != nil {
+		b.Fatal(err)
+	}
+	w := bufio.NewWriter(f)
+	for i := 0; i < n; i++ {
+		attrs, data := fleetMessage(i)
+		line, _ := schemas.MarshalArchive(fmt.Sprintf("m%d", i), 1700000000000+int64(i), attrs, data)
+		w.Write(append(line, '\n'))
+	}
+	if err := errors.Join(w.Flush(), f.Close()); err != nil {
+		b.Fatal(err)
+	}
+	return filepath.Join(dir, "*.ndjson")
+}
+
+// BenchmarkPrismGrouping is the runner's own cost, with none of the
+// graph's work, over the archive BenchmarkBackfill reads: reading its lines
+// and doing nothing with them (read); the same lines each through one
+// GroupByKey over 64 keys (group-each); and the same lines gathered per key
+// and bundle into one element each before that GroupByKey (group-batched),
+// as dedupe.Dedupe and pubsubsource.Ack move their data.
+func BenchmarkPrismGrouping(b *testing.B) {
+	n := *benchEvents
+	input := writeArchive(b, n)
+	for _, shape := range []string{"read", "group-each", "group-batched"} {
+		b.Run(shape, func(b *testing.B) {
+			for i := 0; i < b.N; i++ {
+				p, s := beam.NewPipelineWithRoot()
+				lines := textio.Read(s, input)
+				switch shape {
+				case "read":
+					beam.ParDo0(s, discardLine, lines)
+				case "group-each":
+					beam.ParDo0(s, discardGroup, beam.GroupByKey(s, beam.ParDo(s, keyLine, lines)))
+				case "group-batched":
+					beam.ParDo0(s, discardBatches, beam.GroupByKey(s, beam.ParDo(s, &batchLinesFn{}, lines)))
+				}
+				if _, err := prism.Execute(context.Background(), p); err != nil {
+					b.Fatal(err)
+				}
+			}
+			b.ReportMetric(float64(n)*float64(b.N)/b.Elapsed().Seconds(), "events/s")
+		})
+	}
+}
+
+func discardLine(string) {}
+
+func keyLine(line string) (int, string) { return len(line) % 64, line }
+
+func discardGroup(_ int, lines func(*string) bool) {
+	var l string
+	for lines(&l) {
+	}
+}
+
+// batchLinesFn emits a bundle's lines as one []string per key, of at most
+// 500 lines (dedupe's cap: elements of megabytes cost prism more than many
+// small ones).
+type batchLinesFn struct{ open map[int][]string }
+
+func (fn *batchLinesFn) ProcessElement(line string, emit func(int, []string)) {
+	if fn.open == nil {
+		fn.open = map[int][]string{}
+	}
+	k, _ := keyLine(line)
+	fn.open[k] = append(fn.open[k], line)
+	if len(fn.open[k]) == 500 {
+		emit(k, fn.open[k])
+		delete(fn.open, k)
+	}
+}
+
+func (fn *batchLinesFn) FinishBundle(emit func(int, []string)) {
+	for k, batch := range fn.open {
+		emit(k, batch)
+	}
+	clear(fn.open)
+}
+
+func discardBatches(_ int, batches func(*[]string) bool) {
+	var b []string
+	for batches(&b) {
+	}
+}
+
+func init() {
+	register.Function1x0(discardLine)
+	register.Function1x2(keyLine)
+	register.Function2x0(discardGroup)
+	register.Function2x0(discardBatches)
+	register.DoFn2x0[string, func(int, []string)](&batchLinesFn{})
+	register.Emitter2[int, []string]()
+	register.Iter1[string]()
+	register.Iter1[[]string]()
 }
 
 // countRows counts a Bigtable table's rows, reading keys only.
