@@ -49,9 +49,11 @@ func Backfill(ctx context.Context, cfg BackfillConfig) (*beam.Pipeline, error) {
 	p, s := beam.NewPipelineWithRoot()
 	lines := textio.Read(s.Scope("ReadArchive"), cfg.Input)
 	msgs, dead := beam.ParDo2(s, &archiveFn{}, lines)
-	if _, err := Graph(ctx, s, cfg.Graph, msgs, dead); err != nil {
+	sinks, err := Graph(ctx, s, cfg.Graph, msgs, dead)
+	if err != nil {
 		return nil, err
 	}
+	endStages(s, sinks.all()...)
 	return p, nil
 }
 

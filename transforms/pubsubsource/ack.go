@@ -11,7 +11,8 @@ import (
 )
 
 func init() {
-	register.DoFn2x0[context.Context, Receipts](&ackFn{})
+	register.DoFn3x0[context.Context, Receipts, func(int)](&ackFn{})
+	register.Emitter1[int]()
 	register.DoFn3x0[beam.EventTime, string, func(beam.EventTime, Receipts)](&tagFn{})
 	register.Emitter2[beam.EventTime, Receipts]()
 }
@@ -32,7 +33,10 @@ type ReceiptGroup []beam.PCollection
 // Receipts of one message may arrive in different bundles: the count is kept
 // in the process's ledger of the subscription (see flow), shared by every
 // bundle of the job's in-process workers.
-func Ack(s beam.Scope, subscription string, groups ...ReceiptGroup) {
+//
+// It returns how many messages each bundle acknowledged (a PCollection of
+// int, one per bundle that acknowledged any).
+func Ack(s beam.Scope, subscription string, groups ...ReceiptGroup) beam.PCollection {
 	s = s.Scope("pubsubsource.Ack")
 	var all []beam.PCollection
 	for _, g := range groups {
@@ -44,7 +48,7 @@ func Ack(s beam.Scope, subscription string, groups ...ReceiptGroup) {
 	if len(all) > 1 {
 		tagged = beam.Flatten(s, all...)
 	}
-	beam.ParDo0(s, &ackFn{Subscription: subscription}, tagged)
+	return beam.ParDo(s, &ackFn{Subscription: subscription}, tagged)
 }
 
 // Receipts are one sink's receipts from one bundle, and how many receipts
@@ -92,6 +96,7 @@ type ackFn struct {
 
 	client  *pubsub.Client
 	pending []string
+	done    int // acknowledged in this bundle
 	acked   beam.Counter
 	failed  beam.Counter
 }
@@ -113,9 +118,9 @@ func (fn *ackFn) Teardown() error {
 	return fn.client.Close()
 }
 
-func (fn *ackFn) StartBundle(context.Context) { fn.pending = fn.pending[:0] }
+func (fn *ackFn) StartBundle(_ context.Context, _ func(int)) { fn.pending, fn.done = fn.pending[:0], 0 }
 
-func (fn *ackFn) ProcessElement(ctx context.Context, r Receipts) {
+func (fn *ackFn) ProcessElement(ctx context.Context, r Receipts, _ func(int)) {
 	for _, ackID := range r.AckIDs {
 		if r.Need > 1 && !flowOf(fn.Subscription).arrived(ackID, r.Need) {
 			continue // other sinks of this message have not reported yet
@@ -127,7 +132,12 @@ func (fn *ackFn) ProcessElement(ctx context.Context, r Receipts) {
 	}
 }
 
-func (fn *ackFn) FinishBundle(ctx context.Context) { fn.flush(ctx) }
+func (fn *ackFn) FinishBundle(ctx context.Context, emit func(int)) {
+	fn.flush(ctx)
+	if fn.done > 0 {
+		emit(fn.done)
+	}
+}
 
 // flush acknowledges the pending receipts. A failed ack fails nothing: the
 // data is written, the message is redelivered, and the idempotent sinks and
@@ -144,6 +154,7 @@ func (fn *ackFn) flush(ctx context.Context) {
 		log.Warnf(ctx, "pubsubsource: ack %d messages on %s: %v (they will be redelivered)", len(fn.pending), fn.Subscription, err)
 	} else {
 		fn.acked.Inc(ctx, int64(len(fn.pending)))
+		fn.done += len(fn.pending)
 	}
 	flowOf(fn.Subscription).done(fn.pending)
 	fn.pending = fn.pending[:0]
