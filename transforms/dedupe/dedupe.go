@@ -122,8 +122,9 @@ const (
 
 // Batch is events of one shard from one bundle: the unit dedupe's grouping
 // moves. A runner's cost of grouping is per element, so moving the events
-// one by one cost more than the deduplication itself (measured on prism: a
-// GroupByKey of 200k small elements alone takes about 2 s on 2 cores).
+// one by one cost more than the deduplication itself (measured on prism,
+// BenchmarkPrismGrouping in pipelines: the same lines through the same
+// GroupByKey run 5× faster gathered 500 to an element).
 type Batch struct {
 	Events []schemas.Event
 }

@@ -2,6 +2,8 @@ package dedupe
 
 import (
 	"fmt"
+	"reflect"
+	"slices"
 	"testing"
 	"time"
 
@@ -64,4 +66,26 @@ func TestDedupeStreaming(t *testing.T) {
 	out, _ := Dedupe(s, in, Config{Horizon: time.Hour})
 	passert.Equals(s, beam.ParDo(s, identity, out), "a/1", "a/2", "a/3", "c/7")
 	ptest.RunAndValidate(t, p)
+}
+
+// The Batch coder gives back what it was given, and refuses cut or padded
+// input with an error rather than a short batch.
+func TestBatchCoder(t *testing.T) {
+	in := Batch{Events: []schemas.Event{ev("a", 1, 1000, 1000), ev("b", 2, 2000, 2001), {DeviceID: "c", AckID: "ack", Buffered: true}}}
+	data := encodeBatch(in)
+	out, err := decodeBatch(data)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !reflect.DeepEqual(in, out) {
+		t.Errorf("decode(encode(b)) = %+v, want %+v", out, in)
+	}
+	if empty, err := decodeBatch(encodeBatch(Batch{})); err != nil || len(empty.Events) != 0 {
+		t.Errorf("empty batch: got %+v, %v", empty, err)
+	}
+	for _, bad := range [][]byte{nil, data[:len(data)-1], data[:1], append(slices.Clone(data), 0)} {
+		if b, err := decodeBatch(bad); err == nil {
+			t.Errorf("decodeBatch(%d bytes of %d) = %d events, want an error", len(bad), len(data), len(b.Events))
+		}
+	}
 }
