@@ -215,9 +215,12 @@ func (k Sinks) all() []beam.PCollection {
 // backlog: 25 s of the run's 139 s of CPU in that loop, and the drain at
 // 14–18k events/s against 21–24k with the loop fixed in prism. Prism
 // carries out a Flatten itself, so a stage writing into one has an output,
-// done only when the bundle ends. outs must be two or more, or there is no
-// Flatten.
+// done only when the bundle ends. A Flatten of one PCollection is that
+// PCollection, so it takes two or more.
 func endStages(s beam.Scope, outs ...beam.PCollection) {
+	if len(outs) < 2 {
+		panic(fmt.Sprintf("pipelines: endStages needs two or more PCollections to flatten, got %d", len(outs)))
+	}
 	s = s.Scope("EndStages")
 	counts := make([]beam.PCollection, len(outs))
 	for i, o := range outs {
