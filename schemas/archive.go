@@ -36,9 +36,12 @@ func MarshalArchive(id string, publishMillis int64, attrs map[string]string, dat
 
 // ParseArchive decodes an archive line.
 func ParseArchive(line []byte) (ArchiveRecord, []byte, error) {
-	var r ArchiveRecord
-	if err := json.Unmarshal(line, &r); err != nil {
-		return r, nil, fmt.Errorf("archive line is not a JSON record: %w", err)
+	r, ok := parseArchiveLine(line)
+	if !ok {
+		r = ArchiveRecord{}
+		if err := json.Unmarshal(line, &r); err != nil {
+			return r, nil, fmt.Errorf("archive line is not a JSON record: %w", err)
+		}
 	}
 	if r.ID == "" {
 		return r, nil, fmt.Errorf("archive record has no \"id\"")
@@ -55,4 +58,131 @@ func ParseArchive(line []byte) (ArchiveRecord, []byte, error) {
 		return r, r.DataB64, nil
 	}
 	return r, nil, fmt.Errorf("archive record %s has no payload", r.ID)
+}
+
+// parseArchiveLine reads a line exactly as MarshalArchive writes a text
+// payload: {"id":...,"publish_ms":...,"attributes":{...},"data":"..."}, in
+// that order, with no whitespace, strings without \u escapes and in valid
+// UTF-8. It is the backfill's first step for every event, and encoding/json
+// takes 3 µs and 23 allocations a line for it (BenchmarkParseArchive). Any
+// other line, valid JSON or not, gets ok false and is left to encoding/json,
+// whose result this one equals wherever it answers (FuzzParseArchive).
+func parseArchiveLine(line []byte) (r ArchiveRecord, ok bool) {
+	p := archiveParser{b: line}
+	if !p.literal(`{"id":`) {
+		return r, false
+	}
+	if r.ID, ok = p.str(); !ok {
+		return r, false
+	}
+	if !p.literal(`,"publish_ms":`) {
+		return r, false
+	}
+	if r.PublishMillis, ok = p.uint(); !ok {
+		return r, false
+	}
+	if p.literal(`,"attributes":{`) {
+		r.Attributes = map[string]string{}
+		for first := true; !p.literal("}"); first = false {
+			if !first && !p.literal(",") {
+				return r, false
+			}
+			k, ok := p.str()
+			if !ok || !p.literal(":") {
+				return r, false
+			}
+			v, ok := p.str()
+			if !ok {
+				return r, false
+			}
+			r.Attributes[k] = v
+		}
+	}
+	if !p.literal(`,"data":`) {
+		return r, false
+	}
+	data, ok := p.str()
+	if !ok || !p.literal("}") || len(p.b) != 0 {
+		return r, false
+	}
+	r.Data = &data
+	return r, true
+}
+
+// archiveParser consumes the front of b.
+type archiveParser struct{ b []byte }
+
+func (p *archiveParser) literal(s string) bool {
+	if len(p.b) < len(s) || string(p.b[:len(s)]) != s {
+		return false
+	}
+	p.b = p.b[len(s):]
+	return true
+}
+
+// uint reads a JSON number that is a whole number of at most 18 digits.
+func (p *archiveParser) uint() (int64, bool) {
+	n, i := int64(0), 0
+	for ; i < len(p.b) && i < 19 && p.b[i] >= '0' && p.b[i] <= '9'; i++ {
+		n = n*10 + int64(p.b[i]-'0')
+	}
+	if i == 0 || i > 18 || (i > 1 && p.b[0] == '0') || (i < len(p.b) && (p.b[i] == '.' || p.b[i] == 'e' || p.b[i] == 'E')) {
+		return 0, false
+	}
+	p.b = p.b[i:]
+	return n, true
+}
+
+// str reads a JSON string in valid UTF-8 whose escapes are the one-letter
+// ones (\u is left to encoding/json).
+func (p *archiveParser) str() (string, bool) {
+	if len(p.b) == 0 || p.b[0] != '"' {
+		return "", false
+	}
+	b := p.b[1:]
+	end := 0
+	escaped := false
+	for ; end < len(b) && b[end] != '"'; end++ {
+		switch c := b[end]; {
+		case c < 0x20:
+			return "", false
+		case c == '\\':
+			escaped = true
+			end++ // the escaped byte, checked below
+		}
+	}
+	if end >= len(b) || !utf8.Valid(b[:end]) {
+		return "", false
+	}
+	raw := b[:end]
+	p.b = b[end+1:]
+	if !escaped {
+		return string(raw), true
+	}
+	out := make([]byte, 0, len(raw))
+	for i := 0; i < len(raw); i++ {
+		c := raw[i]
+		if c != '\\' {
+			out = append(out, c)
+			continue
+		}
+		i++
+		switch raw[i] {
+		case '"', '\\', '/':
+			out = append(out, raw[i])
+		case 'b':
+			out = append(out, '\b')
+		case 'f':
+			out = append(out, '\f')
+		case 'n':
+			out = append(out, '\n')
+		case 'r':
+			out = append(out, '\r')
+		case 't':
+			out = append(out, '\t')
+		default: // \u, or not an escape at all
+			return "", false
+		}
+	}
+	return string(out), true
 }
