@@ -47,14 +47,22 @@ func Backfill(ctx context.Context, cfg BackfillConfig) (*beam.Pipeline, error) {
 		return nil, err
 	}
 	p, s := beam.NewPipelineWithRoot()
-	lines := textio.Read(s.Scope("ReadArchive"), cfg.Input)
-	msgs, dead := beam.ParDo2(s, &archiveFn{}, lines)
+	msgs, dead := ReadArchive(s, cfg.Input)
 	sinks, err := Graph(ctx, s, cfg.Graph, msgs, dead)
 	if err != nil {
 		return nil, err
 	}
 	endStages(s, sinks.all()...)
 	return p, nil
+}
+
+// ReadArchive reads the archived raw messages (schemas.ArchiveRecord lines)
+// of the files glob matches: the messages (PCollection of
+// pubsubsource.Message), each stamped with its original publish time, and
+// the dead letters (schemas.DeadLetter) of lines that are not records.
+func ReadArchive(s beam.Scope, glob string) (msgs, dead beam.PCollection) {
+	lines := textio.Read(s.Scope("ReadArchive"), glob)
+	return beam.ParDo2(s, &archiveFn{}, lines)
 }
 
 // ArchiveStage is the dead-letter stage of archive lines that are not records.
