@@ -140,11 +140,11 @@ func BenchmarkPrismGrouping(b *testing.B) {
 				lines := textio.Read(s, input)
 				switch shape {
 				case "read":
-					beam.ParDo0(s, discardLine, lines)
+					pipelines.EndStages(s, lines)
 				case "group-each":
-					beam.ParDo0(s, discardGroup, beam.GroupByKey(s, beam.ParDo(s, keyLine, lines)))
+					pipelines.EndStages(s, beam.ParDo(s, countGroup, beam.GroupByKey(s, beam.ParDo(s, keyLine, lines))))
 				case "group-batched":
-					beam.ParDo0(s, discardBatches, beam.GroupByKey(s, beam.ParDo(s, &batchLinesFn{}, lines)))
+					pipelines.EndStages(s, beam.ParDo(s, countBatches, beam.GroupByKey(s, beam.ParDo(s, &batchLinesFn{}, lines))))
 				}
 			})
 		})
@@ -152,30 +152,27 @@ func BenchmarkPrismGrouping(b *testing.B) {
 }
 
 // BenchmarkBackfillPrefix runs the first transforms of the backfill on
-// prism over its archive, each prefix ending in transforms that drop what
-// they get: reading and parsing the archive (parse), then validation
-// (validate), then dedupe (dedupe). Against BenchmarkBackfill, the whole
-// graph with its sinks, it says where the batch job's time goes.
+// prism over its archive, each prefix ending as the backfill's sinks do
+// (pipelines.EndStages): reading and parsing the archive (parse), then
+// validation (validate), then dedupe (dedupe). Against BenchmarkBackfill,
+// the whole graph with its sinks, it says where the batch job's time goes.
 func BenchmarkBackfillPrefix(b *testing.B) {
 	input := writeArchive(b, *benchEvents)
 	for _, prefix := range []string{"parse", "validate", "dedupe"} {
 		b.Run(prefix, func(b *testing.B) {
 			runOnPrism(b, func(s beam.Scope) {
 				msgs, bad := pipelines.ReadArchive(s, input)
-				beam.ParDo0(s, discardDeadLetter, bad)
 				if prefix == "parse" {
-					beam.ParDo0(s, discardMessage, msgs)
+					pipelines.EndStages(s, msgs, bad)
 					return
 				}
 				readings, dead := validate.Validate(s, msgs, validate.Config{})
-				beam.ParDo0(s, discardDeadLetter, dead)
 				if prefix == "validate" {
-					beam.ParDo0(s, discardEvent, readings)
+					pipelines.EndStages(s, bad, readings, dead)
 					return
 				}
 				unique, repeats := dedupe.Dedupe(s, readings, dedupe.Config{})
-				beam.ParDo0(s, discardEvent, unique)
-				beam.ParDo0(s, discardLine, repeats)
+				pipelines.EndStages(s, bad, dead, unique, repeats)
 			})
 		})
 	}
@@ -194,20 +191,15 @@ func runOnPrism(b *testing.B, build func(s beam.Scope)) {
 	b.ReportMetric(float64(*benchEvents)*float64(b.N)/b.Elapsed().Seconds(), "events/s")
 }
 
-func discardMessage(pubsubsource.Message) {}
-
-func discardEvent(schemas.Event) {}
-
-func discardDeadLetter(schemas.DeadLetter) {}
-
-func discardLine(string) {}
-
 func keyLine(line string) (int, string) { return len(line) % 64, line }
 
-func discardGroup(_ int, lines func(*string) bool) {
+func countGroup(_ int, lines func(*string) bool) int {
+	n := 0
 	var l string
 	for lines(&l) {
+		n++
 	}
+	return n
 }
 
 // batchLinesFn emits a bundle's lines as one []string per key, of at most
@@ -234,20 +226,19 @@ func (fn *batchLinesFn) FinishBundle(emit func(int, []string)) {
 	clear(fn.open)
 }
 
-func discardBatches(_ int, batches func(*[]string) bool) {
+func countBatches(_ int, batches func(*[]string) bool) int {
+	n := 0
 	var b []string
 	for batches(&b) {
+		n += len(b)
 	}
+	return n
 }
 
 func init() {
-	register.Function1x0(discardLine)
-	register.Function1x0(discardMessage)
-	register.Function1x0(discardEvent)
-	register.Function1x0(discardDeadLetter)
 	register.Function1x2(keyLine)
-	register.Function2x0(discardGroup)
-	register.Function2x0(discardBatches)
+	register.Function2x1(countGroup)
+	register.Function2x1(countBatches)
 	register.DoFn2x0[string, func(int, []string)](&batchLinesFn{})
 	register.Emitter2[int, []string]()
 	register.Iter1[string]()

@@ -153,11 +153,9 @@ func Graph(ctx context.Context, s beam.Scope, cfg GraphConfig, msgs beam.PCollec
 	written := write("Telemetry", schemas.TelemetryTable, beam.ParDo(s, schemas.TelemetryRow, unique))
 	deadWritten := write("DeadLetters", schemas.DeadLetterTable, beam.ParDo(s, schemas.DeadLetterRow, dead))
 
-	// Aggregates window by event time, so they read the readings before
-	// dedupe: its grouping stamps everything at the end of the global
-	// window, which in a bounded run lies after every event-time window, and
-	// the runner would drop them all as late. The summaries count each
-	// (device, seq) once by themselves (aggregate.Accumulator).
+	// Aggregates read the readings before dedupe: their summaries count
+	// each (device, seq) once by themselves (aggregate.Accumulator), so they
+	// need not wait for dedupe's state.
 	aggregated := write("Aggregates", schemas.AggregatesTable, beam.ParDo(s, schemas.AggregateRow, aggregate.PerMinute(s, readings, cfg.Aggregate)))
 	enriched := enrich.Enrich(s, unique, cfg.Reference)
 	alerted := alerts.Thresholds(s, enriched, cfg.Reference, cfg.Alerts)
@@ -216,15 +214,15 @@ func (k Sinks) all() []beam.PCollection {
 // 14–18k events/s against 21–24k with the loop fixed in prism. Prism
 // carries out a Flatten itself, so a stage writing into one has an output,
 // done only when the bundle ends. A Flatten of one PCollection is that
-// PCollection, so it takes two or more.
+// PCollection, so a lone one is flattened with an empty one.
 func endStages(s beam.Scope, outs ...beam.PCollection) {
-	if len(outs) < 2 {
-		panic(fmt.Sprintf("pipelines: endStages needs two or more PCollections to flatten, got %d", len(outs)))
-	}
 	s = s.Scope("EndStages")
 	counts := make([]beam.PCollection, len(outs))
 	for i, o := range outs {
 		counts[i] = beam.WindowInto(s, window.NewGlobalWindows(), beam.ParDo(s, &countFn{}, o))
+	}
+	if len(counts) == 1 {
+		counts = append(counts, beam.CreateList(s, []int{}))
 	}
 	beam.Flatten(s, counts...)
 }

@@ -15,7 +15,6 @@ import (
 
 	"github.com/apache/beam/sdks/v2/go/pkg/beam"
 	"github.com/apache/beam/sdks/v2/go/pkg/beam/core/graph/window"
-	"github.com/apache/beam/sdks/v2/go/pkg/beam/core/graph/window/trigger"
 	"github.com/apache/beam/sdks/v2/go/pkg/beam/core/state"
 	"github.com/apache/beam/sdks/v2/go/pkg/beam/core/timers"
 	"github.com/apache/beam/sdks/v2/go/pkg/beam/register"
@@ -26,12 +25,12 @@ import (
 func init() {
 	register.DoFn3x0[beam.EventTime, schemas.Event, func(beam.EventTime, string, Batch)](&shardFn{})
 	register.Emitter3[beam.EventTime, string, Batch]()
-	register.Iter1[Batch]()
 	register.Function1x1(encodeBatch)
 	register.Function1x2(decodeBatch)
 	beam.RegisterCoder(reflect.TypeOf((*Batch)(nil)).Elem(), encodeBatch, decodeBatch)
-	register.Function2x2(collectBatch)
-	register.DoFn8x1[context.Context, beam.EventTime, state.Provider, timers.Provider, string, []schemas.Event, func(schemas.Event), func(string), error](&dedupeFn{})
+	register.DoFn8x1[context.Context, beam.EventTime, state.Provider, timers.Provider, string, Batch, func(Batch), func(string), error](&dedupeFn{})
+	register.Emitter1[Batch]()
+	register.Function2x0(unbatch)
 	register.Emitter1[schemas.Event]()
 	register.Emitter1[string]()
 	beam.RegisterType(reflect.TypeOf((*SeenSet)(nil)).Elem())
@@ -45,25 +44,19 @@ type Config struct {
 	// Horizon is how long, in event time, a (device, seq) is remembered
 	// (default 24 h).
 	Horizon time.Duration
-	// Batch is how long, in processing time, readings gather before the
-	// state is touched (default 250 ms). State is read and written once per
-	// shard per batch, never per reading: per-element state collapses on
-	// prism under a backlog (DESIGN.md).
-	Batch time.Duration
 	// Shards is how many groups devices are hashed into (default 64). A
-	// shard is one key of the batching and of the state: on prism each key
-	// that fires is a bundle of its own, and a bundle per device per batch
-	// drowned the runner in bundles once a backlog of a thousand devices
-	// was read (measured: stalls of 20 to 40 s, 1.6k events/s).
+	// shard is one key of the state: its devices' seen-sets are read and
+	// written once per batch of its readings, never per reading (per-element
+	// state collapses on prism under a backlog, DESIGN.md), and on prism a
+	// key is the unit a bundle holds, so a key per device drowned the runner
+	// in bundles once a backlog of a thousand devices was read (measured:
+	// stalls of 20 to 40 s, 1.6k events/s).
 	Shards int
 }
 
 func (c Config) withDefaults() Config {
 	if c.Horizon <= 0 {
 		c.Horizon = 24 * time.Hour
-	}
-	if c.Batch <= 0 {
-		c.Batch = 250 * time.Millisecond
 	}
 	if c.Shards <= 0 {
 		c.Shards = 64
@@ -76,55 +69,45 @@ func (c Config) withDefaults() Config {
 // the receipts (Event.AckID, PCollection of string) of the repeats it dropped:
 // a repeat needs no write, so it can be acknowledged at once.
 // It has no false positives: a reading is dropped only if its exact identity
-// passed before. Output is in the global window, timestamped at its end.
-// In a bounded run that end is where the watermark already stands, so an
-// event-time window downstream of Dedupe has expired before its readings
-// arrive and the runner drops them: window by event time upstream (as
-// pipelines.Graph does for aggregates).
+// passed before. Both outputs are in the global window; a reading comes
+// out stamped with the oldest timestamp of the batch it came in.
 //
-// The seen-sets live in Beam state keyed by shard of devices, so they last as long as
-// the job's state does; a restarted prism job starts empty, and the sinks'
-// deterministic keys absorb what it lets through again.
+// The seen-sets live in Beam state keyed by shard of devices, so they last
+// as long as the job's state does; a restarted prism job starts empty, and
+// the sinks' deterministic keys absorb what it lets through again. An
+// event-time timer forgets a shard whose devices have all gone quiet for a
+// whole horizon.
 //
-// The events reach the grouping in batches, one per shard per bundle (see
-// Batch), never one by one.
+// The events reach the state in batches, one per shard per bundle (see
+// Batch), never one by one, and with no grouping or trigger in between: a
+// stateful stage takes whatever is pending for its keys, whatever the
+// watermark, so a redelivered message, or a backlog read while the
+// watermark holds at its oldest publish time, is neither dropped as late
+// nor kept waiting for the watermark.
 func Dedupe(s beam.Scope, events beam.PCollection, cfg Config) (unique, repeatReceipts beam.PCollection) {
 	s = s.Scope("dedupe.Dedupe")
 	cfg = cfg.withDefaults()
-	keyed := beam.ParDo(s, &shardFn{Shards: cfg.Shards}, events)
-	// Groups close on processing time, or at a size cap under a backlog,
-	// never on the watermark: a redelivered message, or a backlog read while
-	// the watermark holds at its oldest publish time, must neither be dropped
-	// as late nor wait for the watermark.
-	batched := beam.WindowInto(s, window.NewGlobalWindows(), keyed,
-		beam.Trigger(trigger.Repeat(trigger.AfterAny([]trigger.Trigger{
-			trigger.AfterProcessingTime().PlusDelay(cfg.Batch),
-			trigger.AfterCount(maxGroupBatches),
-		}))),
-		beam.PanesDiscard())
-	grouped := beam.ParDo(s, collectBatch, beam.GroupByKey(s, batched))
-	unique, repeatReceipts = beam.ParDo2(s, &dedupeFn{
+	keyed := beam.WindowInto(s, window.NewGlobalWindows(), beam.ParDo(s, &shardFn{Shards: cfg.Shards}, events))
+	kept, repeatReceipts := beam.ParDo2(s, &dedupeFn{
 		HorizonMillis: cfg.Horizon.Milliseconds(),
 		GC:            timers.InEventTime("gc"),
-	}, grouped)
-	// Hand on plain global-window collections: the batching trigger is this
-	// transform's business, not its consumers'.
-	return beam.WindowInto(s, window.NewGlobalWindows(), unique), beam.WindowInto(s, window.NewGlobalWindows(), repeatReceipts)
+	}, keyed)
+	// What consumes the readings runs after a fusion break, in bundles of
+	// its own: on prism a stateful stage runs one bundle at a time, so sinks
+	// fused into it would write on one core at a time.
+	unique = beam.ParDo(s, unbatch, beam.Reshuffle(s, kept))
+	return unique, repeatReceipts
 }
 
-// Bounds on what one firing of a shard holds under a backlog: a bundle's
-// batch of a shard is cut at maxBundleBatch events, and a firing closes at
-// maxGroupBatches batches, so at most 10,000 events.
-const (
-	maxBundleBatch  = 500
-	maxGroupBatches = 20
-)
+// maxBundleBatch bounds a batch: a bundle's events of a shard are cut into
+// batches of at most this many.
+const maxBundleBatch = 500
 
-// Batch is events of one shard from one bundle: the unit dedupe's grouping
-// moves. A runner's cost of grouping is per element, so moving the events
-// one by one cost more than the deduplication itself (measured on prism,
-// BenchmarkPrismGrouping in pipelines: the same lines through the same
-// GroupByKey run 5× faster gathered 500 to an element).
+// Batch is events of one shard from one bundle: the unit dedupe moves
+// between stages. A runner's cost of moving data is per element, so moving
+// the events one by one cost more than the deduplication itself (measured
+// on prism, BenchmarkPrismGrouping in pipelines: the same lines through the
+// same GroupByKey run 5× faster gathered 500 to an element).
 type Batch struct {
 	Events []schemas.Event
 }
@@ -223,14 +206,11 @@ func shardOf(device string, n int) int {
 	return int(h % uint32(n))
 }
 
-// collectBatch joins a firing's batches into one.
-func collectBatch(shard string, batches func(*Batch) bool) (string, []schemas.Event) {
-	var events []schemas.Event
-	var b Batch
-	for batches(&b) {
-		events = append(events, b.Events...)
+// unbatch emits a batch's events.
+func unbatch(b Batch, emit func(schemas.Event)) {
+	for _, e := range b.Events {
+		emit(e)
 	}
-	return shard, events
 }
 
 // ShardSeen is the state of one shard: the seen-set of each of its devices,
@@ -259,14 +239,14 @@ func (fn *dedupeFn) Setup() {
 	fn.duplicate = beam.NewCounter("iotpipe.dedupe", "duplicates_dropped")
 }
 
-func (fn *dedupeFn) ProcessElement(ctx context.Context, ts beam.EventTime, sp state.Provider, tp timers.Provider, shard string, batch []schemas.Event, emit func(schemas.Event), repeat func(string)) error {
+func (fn *dedupeFn) ProcessElement(ctx context.Context, _ beam.EventTime, sp state.Provider, tp timers.Provider, shard string, batch Batch, emit func(Batch), repeat func(string)) error {
 	st, _, err := fn.Seen.Read(sp)
 	if err != nil {
 		return fmt.Errorf("dedupe: reading seen-sets of shard %s: %w", shard, err)
 	}
-	kept, dups := FilterShard(&st, batch, fn.HorizonMillis)
-	for _, e := range kept {
-		emit(e)
+	kept, dups := FilterShard(&st, batch.Events, fn.HorizonMillis)
+	if len(kept) > 0 {
+		emit(Batch{Events: kept})
 	}
 	for _, a := range dups {
 		if a != "" {
@@ -284,7 +264,7 @@ func (fn *dedupeFn) ProcessElement(ctx context.Context, ts beam.EventTime, sp st
 	return nil
 }
 
-func (fn *dedupeFn) OnTimer(ctx context.Context, sp state.Provider, _ timers.Provider, shard string, t timers.Context, _ func(schemas.Event), _ func(string)) error {
+func (fn *dedupeFn) OnTimer(ctx context.Context, sp state.Provider, _ timers.Provider, shard string, t timers.Context, _ func(Batch), _ func(string)) error {
 	if t.Family != fn.GC.Family {
 		return fmt.Errorf("dedupe: unexpected timer family %q for shard %s", t.Family, shard)
 	}

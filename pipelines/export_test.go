@@ -1,0 +1,4 @@
+package pipelines
+
+// EndStages is endStages, for the benchmarks' pipelines.
+var EndStages = endStages
