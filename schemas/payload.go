@@ -22,6 +22,9 @@ func DecodePayload(data []byte) (map[string]any, error) {
 	if len(data) > MaxTelemetryBytes {
 		return nil, fmt.Errorf("payload is %d bytes, over the %d-byte telemetry limit", len(data), MaxTelemetryBytes)
 	}
+	if obj, ok := decodePayloadObject(data); ok {
+		return obj, nil
+	}
 	var doc any
 	if err := json.Unmarshal(data, &doc); err != nil {
 		return nil, fmt.Errorf("payload is not JSON: %w", err)

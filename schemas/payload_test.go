@@ -1,6 +1,7 @@
 package schemas
 
 import (
+	"encoding/json"
 	"reflect"
 	"strings"
 	"testing"
@@ -64,4 +65,65 @@ func TestEventFromPayload(t *testing.T) {
 			}
 		})
 	}
+}
+
+var payloadSamples = []string{
+	`{"ts":1700000000000,"seq":42,"metrics":{"temperature":21.5,"humidity":40,"battery":3.07}}`,
+	`{"ts":1700000000000,"seq":0,"metrics":{"kwh":1.25e3,"v":-0.5},"buffered":true}`,
+	` { "ts" : 1 , "seq" : 2 , "metrics" : { "t" : 1E+2 } , "note" : null, "nested": {"a": {"b": {}}} } `,
+	`{"ts":1,"seq":1,"metrics":{"t":1},"ts":2}`,
+	`{"ts":1,"seq":1,"metrics":{"é✓":1}}`,
+	`{"ts":1,"seq":1,"metrics":{"t":[1,2]}}`,
+	`{"ts":"x\"y","seq":1,"metrics":{}}`,
+	`{"ts":01}`,
+	`{"ts":1.}`,
+	`{"ts":1e999}`,
+	`{"a":{"b":{"c":{"d":{"e":{"f":1}}}}}}`,
+	`[1]`,
+	`{"ts":1,}`,
+	"{\"t\":\"\xff\"}",
+}
+
+// Wherever the hand-written reader answers, encoding/json reads the same
+// document; wherever encoding/json refuses a payload, DecodePayload does.
+func FuzzDecodePayload(f *testing.F) {
+	for _, s := range payloadSamples {
+		f.Add([]byte(s))
+	}
+	f.Fuzz(func(t *testing.T, data []byte) {
+		var want any
+		jsonErr := json.Unmarshal(data, &want)
+		if got, ok := decodePayloadObject(data); ok {
+			if jsonErr != nil {
+				t.Fatalf("decodePayloadObject read %q, which encoding/json refuses: %v", data, jsonErr)
+			}
+			if !reflect.DeepEqual(any(got), want) {
+				t.Fatalf("decodePayloadObject(%q) = %#v, encoding/json %#v", data, got, want)
+			}
+		}
+		if _, err := DecodePayload(data); jsonErr != nil && err == nil {
+			t.Fatalf("DecodePayload(%q) accepted what encoding/json refuses: %v", data, jsonErr)
+		}
+	})
+}
+
+func BenchmarkDecodePayload(b *testing.B) {
+	data := []byte(payloadSamples[0])
+	b.Run("iotpipe", func(b *testing.B) {
+		b.ReportAllocs()
+		for b.Loop() {
+			if _, err := DecodePayload(data); err != nil {
+				b.Fatal(err)
+			}
+		}
+	})
+	b.Run("encoding-json", func(b *testing.B) {
+		b.ReportAllocs()
+		for b.Loop() {
+			var doc any
+			if err := json.Unmarshal(data, &doc); err != nil {
+				b.Fatal(err)
+			}
+		}
+	})
 }

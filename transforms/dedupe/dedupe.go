@@ -28,9 +28,7 @@ func init() {
 	register.Function1x1(encodeBatch)
 	register.Function1x2(decodeBatch)
 	beam.RegisterCoder(reflect.TypeOf((*Batch)(nil)).Elem(), encodeBatch, decodeBatch)
-	register.DoFn8x1[context.Context, beam.EventTime, state.Provider, timers.Provider, string, Batch, func(Batch), func(string), error](&dedupeFn{})
-	register.Emitter1[Batch]()
-	register.Function2x0(unbatch)
+	register.DoFn8x1[context.Context, beam.EventTime, state.Provider, timers.Provider, string, Batch, func(schemas.Event), func(string), error](&dedupeFn{})
 	register.Emitter1[schemas.Event]()
 	register.Emitter1[string]()
 	beam.RegisterType(reflect.TypeOf((*SeenSet)(nil)).Elem())
@@ -88,15 +86,10 @@ func Dedupe(s beam.Scope, events beam.PCollection, cfg Config) (unique, repeatRe
 	s = s.Scope("dedupe.Dedupe")
 	cfg = cfg.withDefaults()
 	keyed := beam.WindowInto(s, window.NewGlobalWindows(), beam.ParDo(s, &shardFn{Shards: cfg.Shards}, events))
-	kept, repeatReceipts := beam.ParDo2(s, &dedupeFn{
+	return beam.ParDo2(s, &dedupeFn{
 		HorizonMillis: cfg.Horizon.Milliseconds(),
 		GC:            timers.InEventTime("gc"),
 	}, keyed)
-	// What consumes the readings runs after a fusion break, in bundles of
-	// its own: on prism a stateful stage runs one bundle at a time, so sinks
-	// fused into it would write on one core at a time.
-	unique = beam.ParDo(s, unbatch, beam.Reshuffle(s, kept))
-	return unique, repeatReceipts
 }
 
 // maxBundleBatch bounds a batch: a bundle's events of a shard are cut into
@@ -206,13 +199,6 @@ func shardOf(device string, n int) int {
 	return int(h % uint32(n))
 }
 
-// unbatch emits a batch's events.
-func unbatch(b Batch, emit func(schemas.Event)) {
-	for _, e := range b.Events {
-		emit(e)
-	}
-}
-
 // ShardSeen is the state of one shard: the seen-set of each of its devices,
 // sorted by device id.
 type ShardSeen struct {
@@ -239,14 +225,14 @@ func (fn *dedupeFn) Setup() {
 	fn.duplicate = beam.NewCounter("iotpipe.dedupe", "duplicates_dropped")
 }
 
-func (fn *dedupeFn) ProcessElement(ctx context.Context, _ beam.EventTime, sp state.Provider, tp timers.Provider, shard string, batch Batch, emit func(Batch), repeat func(string)) error {
+func (fn *dedupeFn) ProcessElement(ctx context.Context, _ beam.EventTime, sp state.Provider, tp timers.Provider, shard string, batch Batch, emit func(schemas.Event), repeat func(string)) error {
 	st, _, err := fn.Seen.Read(sp)
 	if err != nil {
 		return fmt.Errorf("dedupe: reading seen-sets of shard %s: %w", shard, err)
 	}
 	kept, dups := FilterShard(&st, batch.Events, fn.HorizonMillis)
-	if len(kept) > 0 {
-		emit(Batch{Events: kept})
+	for _, e := range kept {
+		emit(e)
 	}
 	for _, a := range dups {
 		if a != "" {
@@ -264,7 +250,7 @@ func (fn *dedupeFn) ProcessElement(ctx context.Context, _ beam.EventTime, sp sta
 	return nil
 }
 
-func (fn *dedupeFn) OnTimer(ctx context.Context, sp state.Provider, _ timers.Provider, shard string, t timers.Context, _ func(Batch), _ func(string)) error {
+func (fn *dedupeFn) OnTimer(ctx context.Context, sp state.Provider, _ timers.Provider, shard string, t timers.Context, _ func(schemas.Event), _ func(string)) error {
 	if t.Family != fn.GC.Family {
 		return fmt.Errorf("dedupe: unexpected timer family %q for shard %s", t.Family, shard)
 	}
