@@ -5,7 +5,6 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
-	"path/filepath"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -30,14 +29,7 @@ var deadLetterTopic = fmt.Sprintf("projects/%s/topics/%s", project, stack.DeadLe
 // points this process's Google clients at them.
 func startEmulators(t testing.TB) *emulators.Emulators {
 	t.Helper()
-	emu, err := emulators.Start(emulators.Config{WarehousePath: filepath.Join(t.TempDir(), "w.duckdb")})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { emu.Close() })
-	for k, v := range emu.Env() {
-		t.Setenv(k, v)
-	}
+	emu := emulators.StartForTest(t)
 	if err := emu.Provision(context.Background(), stack.Resources(project, instance)); err != nil {
 		t.Fatal(err)
 	}

@@ -11,10 +11,12 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"path/filepath"
 	"strconv"
 	"sync"
 	"sync/atomic"
 	"syscall"
+	"testing"
 
 	"cloud.google.com/go/bigtable/bttest"
 	"cloud.google.com/go/pubsub/v2/apiv1/pubsubpb"
@@ -86,6 +88,22 @@ type Emulators struct {
 
 	closeOnce sync.Once
 	closeErr  error
+}
+
+// StartForTest starts every emulator on free ports, with the warehouse in
+// tb's temporary directory, points this process's Google clients at them
+// for the rest of tb (t.Setenv), and closes them when tb ends.
+func StartForTest(tb testing.TB) *Emulators {
+	tb.Helper()
+	e, err := Start(Config{WarehousePath: filepath.Join(tb.TempDir(), "w.duckdb")})
+	if err != nil {
+		tb.Fatal(err)
+	}
+	tb.Cleanup(func() { e.Close() })
+	for k, v := range e.Env() {
+		tb.Setenv(k, v)
+	}
+	return e
 }
 
 // Start starts every emulator and checks that the warehouse file can be opened.

@@ -169,7 +169,7 @@ func (fn *readFn) ProcessElement(ctx context.Context, rt *sdf.LockRTracker, file
 	}
 	for rt.TryClaim(i) {
 		if chunk.Lines == nil {
-			chunk.Lines = make([]byte, 0, fn.ChunkBytes+64<<10)
+			chunk.Lines = make([]byte, 0, min(fn.ChunkBytes, 16<<20)+64<<10)
 		}
 		n := len(chunk.Lines)
 		chunk.Lines, err = readLine(rd, chunk.Lines)

@@ -12,8 +12,10 @@ import (
 	"github.com/apache/beam/sdks/v2/go/pkg/beam/register"
 	"github.com/apache/beam/sdks/v2/go/pkg/beam/testing/passert"
 	"github.com/apache/beam/sdks/v2/go/pkg/beam/testing/ptest"
+	"github.com/fsouza/fake-gcs-server/fakestorage"
 
 	"github.com/iotpipe/iotpipe/schemas"
+	"github.com/iotpipe/iotpipe/testing/emulators"
 	"github.com/iotpipe/iotpipe/transforms/pubsubsource"
 )
 
@@ -111,4 +113,30 @@ func TestReadEveryRecordOnce(t *testing.T) {
 	if counters["chunks"] < 70 {
 		t.Errorf("chunks = %d; the reader did not checkpoint between chunks", counters["chunks"])
 	}
+}
+
+// On GCS, whose readers cannot seek, every record still comes out once:
+// files are deferred between bundles, and a file is read to its end in
+// chunks from one bundle.
+func TestReadFromGCS(t *testing.T) {
+	emu := emulators.StartForTest(t)
+	emu.GCS.CreateBucketWithOpts(fakestorage.CreateBucketOpts{Name: "archive"})
+	var want []any
+	for f := 0; f < 5; f++ {
+		var body []byte
+		for i := 100 * f; i < 100*f+50; i++ {
+			line, w := archiveLine(t, i, 100)
+			want = append(want, w)
+			body = append(append(body, line...), '\n')
+		}
+		emu.GCS.CreateObject(fakestorage.Object{
+			ObjectAttrs: fakestorage.ObjectAttrs{BucketName: "archive", Name: fmt.Sprintf("raw/dt=2023-11-14/hour=22/part-%d.ndjson", f)},
+			Content:     body,
+		})
+	}
+	p, s := beam.NewPipelineWithRoot()
+	msgs, dead := Read(s, "gs://archive/raw/dt=*/hour=*/*.ndjson", Config{ChunkBytes: 4 << 10})
+	passert.Equals(s, beam.ParDo(s, stamped, msgs), want...)
+	passert.Empty(s, dead)
+	ptest.RunAndValidate(t, p)
 }
