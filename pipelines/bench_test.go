@@ -127,16 +127,10 @@ func BenchmarkBackfill(b *testing.B) {
 
 // BenchmarkBigtableEmulator writes the backfill's telemetry rows (those of
 // its unique readings) straight to the in-process emulator, as the sink
-// does (ApplyBulk of 1,000 rows) and with no pipeline: the most rows a
-// second any job can write to the emulator on this machine.
+// does (ApplyBulk of 1,000 rows) and with no pipeline, from one writer and
+// from two at once: the most rows a second any job can write to the
+// emulator on this machine.
 func BenchmarkBigtableEmulator(b *testing.B) {
-	startEmulators(b)
-	c, err := bigtable.NewClient(context.Background(), project, instance)
-	if err != nil {
-		b.Fatal(err)
-	}
-	defer c.Close()
-	tbl := c.Open(schemas.TelemetryTable)
 	checker, err := validate.NewChecker(validate.Config{})
 	if err != nil {
 		b.Fatal(err)
@@ -153,25 +147,51 @@ func BenchmarkBigtableEmulator(b *testing.B) {
 		}
 		rows = append(rows, schemas.TelemetryRow(e))
 	}
-	b.ResetTimer()
-	for i := 0; i < b.N; i++ {
-		for start := 0; start < len(rows); start += 1000 {
-			var keys []string
-			var muts []*bigtable.Mutation
-			for _, row := range rows[start:min(start+1000, len(rows))] {
-				m := bigtable.NewMutation()
-				for _, c := range row.Cells {
-					m.Set(c.Family, c.Column, bigtable.Time(time.UnixMilli(c.Millis)), c.Value)
-				}
-				keys, muts = append(keys, row.Key), append(muts, m)
-			}
-			errs, err := tbl.ApplyBulk(context.Background(), keys, muts)
-			if err = errors.Join(append(errs, err)...); err != nil {
+	for _, writers := range []int{1, 2} {
+		b.Run(fmt.Sprintf("writers=%d", writers), func(b *testing.B) {
+			startEmulators(b)
+			c, err := bigtable.NewClient(context.Background(), project, instance)
+			if err != nil {
 				b.Fatal(err)
 			}
+			defer c.Close()
+			tbl := c.Open(schemas.TelemetryTable)
+			b.ResetTimer()
+			for i := 0; i < b.N; i++ {
+				errs := make(chan error, writers)
+				for w := 0; w < writers; w++ {
+					go func() { errs <- writeRows(tbl, rows, w*1000, writers*1000) }()
+				}
+				for w := 0; w < writers; w++ {
+					if err := <-errs; err != nil {
+						b.Fatal(err)
+					}
+				}
+			}
+			b.ReportMetric(float64(len(rows))*float64(b.N)/b.Elapsed().Seconds(), "rows/s")
+		})
+	}
+}
+
+// writeRows writes the runs of 1,000 rows that start at first, first+step,
+// first+2*step, ..., one ApplyBulk per run.
+func writeRows(tbl *bigtable.Table, rows []schemas.Row, first, step int) error {
+	for start := first; start < len(rows); start += step {
+		var keys []string
+		var muts []*bigtable.Mutation
+		for _, row := range rows[start:min(start+1000, len(rows))] {
+			m := bigtable.NewMutation()
+			for _, c := range row.Cells {
+				m.Set(c.Family, c.Column, bigtable.Time(time.UnixMilli(c.Millis)), c.Value)
+			}
+			keys, muts = append(keys, row.Key), append(muts, m)
+		}
+		errs, err := tbl.ApplyBulk(context.Background(), keys, muts)
+		if err = errors.Join(append(errs, err)...); err != nil {
+			return err
 		}
 	}
-	b.ReportMetric(float64(len(rows))*float64(b.N)/b.Elapsed().Seconds(), "rows/s")
+	return nil
 }
 
 // discardBigtable is a Bigtable data server that accepts every mutation,

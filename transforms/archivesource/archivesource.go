@@ -61,7 +61,9 @@ type Config struct {
 // with wildcards; no match reads nothing) and returns the messages
 // (PCollection of pubsubsource.Message), each stamped with its original
 // publish time, and the dead letters (schemas.DeadLetter) of the lines
-// that are not records. Empty lines are skipped.
+// that are not records. Empty lines are skipped. Files are read as they
+// are, uncompressed, as archivesink writes them: a compressed file's lines
+// are not records, and dead-letter.
 func Read(s beam.Scope, glob string, cfg Config) (msgs, dead beam.PCollection) {
 	s = s.Scope("archivesource.Read")
 	if cfg.ChunkBytes <= 0 {

@@ -81,7 +81,16 @@ func (c Config) withDefaults() Config {
 // stateful stage takes whatever is pending for its keys, whatever the
 // watermark, so a redelivered message, or a backlog read while the
 // watermark holds at its oldest publish time, is neither dropped as late
-// nor kept waiting for the watermark.
+// nor kept waiting for the watermark. A batch carries its oldest publish
+// time because prism holds back every element of a key behind a timer the
+// watermark has not reached: stamped so, a batch comes before its shard's
+// GC timer unless it was published more than a horizon after the shard's
+// newest reading, when a watermark that follows publish time has passed
+// the timer already. (In a backfill of more than a horizon of archive, such
+// batches wait for the end of the read.) A grouping would stamp them at the
+// end of the global window, behind every timer: each shard stopped after
+// its first batch (TestStreamingWritesCurrentReadingsOneAfterAnother in
+// pipelines).
 func Dedupe(s beam.Scope, events beam.PCollection, cfg Config) (unique, repeatReceipts beam.PCollection) {
 	s = s.Scope("dedupe.Dedupe")
 	cfg = cfg.withDefaults()
@@ -98,9 +107,8 @@ const maxBundleBatch = 500
 
 // Batch is events of one shard from one bundle: the unit dedupe moves
 // between stages. A runner's cost of moving data is per element, so moving
-// the events one by one cost more than the deduplication itself (measured
-// on prism, BenchmarkPrismGrouping in pipelines: the same lines through the
-// same GroupByKey run 5× faster gathered 500 to an element).
+// the events one by one cost more than the deduplication itself
+// (BenchmarkPrismGrouping in pipelines measures prism's cost of both).
 type Batch struct {
 	Events []schemas.Event
 }
