@@ -3,8 +3,6 @@ package pipelines_test
 import (
 	"context"
 	"fmt"
-	"io"
-	"log/slog"
 	"os"
 	"path/filepath"
 	"sort"
@@ -57,22 +55,11 @@ func TestStreamingAndBackfillWriteTheSameRows(t *testing.T) {
 	}
 
 	// Streaming, until every message is acked, then drain.
-	sv := &pipelines.Supervisor{
-		Config: pipelines.StreamingConfig{
-			Subscription: fmt.Sprintf("projects/%s/subscriptions/%s", project, stack.EventsSubscription),
-			Graph:        pipelines.GraphConfig{BigtableProject: project, BigtableInstance: "streamed", Reference: reference},
-		},
-		Logger:    slog.New(slog.NewTextHandler(io.Discard, nil)),
-		OnFailure: func(err error) { t.Errorf("streaming job failed: %v", err) },
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- sv.Run(ctx) }()
+	j := runJob(t, streamingJob(t, pipelines.GraphConfig{BigtableProject: project, BigtableInstance: "streamed", Reference: reference}))
 	for _, m := range emu.Pubsub.Messages() {
 		waitAcked(t, emu, m.ID, 30*time.Second)
 	}
-	cancel()
-	if err := <-done; err != nil {
+	if err := j.stop(); err != nil {
 		t.Fatal(err)
 	}
 

@@ -6,8 +6,6 @@ import (
 	"errors"
 	"flag"
 	"fmt"
-	"io"
-	"log/slog"
 	"net"
 	"os"
 	"path/filepath"
@@ -71,25 +69,12 @@ func fleetMessage(i int) (attrs map[string]string, data []byte) {
 func BenchmarkBackfill(b *testing.B) {
 	n := *benchEvents
 	input := writeArchive(b, n)
-	want := map[string]int{schemas.TelemetryTable: 0, schemas.AggregatesTable: 0}
-	checker, err := validate.NewChecker(validate.Config{})
-	if err != nil {
-		b.Fatal(err)
-	}
+	readings := uniqueReadings(b, n)
 	summary := aggregate.NewSummary(time.Minute)
-	for i := 0; i < n; i++ {
-		if i%10 == 9 {
-			continue
-		}
-		want[schemas.TelemetryTable]++
-		attrs, data := fleetMessage(i)
-		e, rej := checker.Check(pubsubsource.Message{ID: fmt.Sprint(i), Data: data, Attributes: attrs, PublishMillis: 1700000000000 + int64(i)})
-		if rej != nil {
-			b.Fatalf("message %d rejected: %v", i, rej.Err)
-		}
+	for _, e := range readings {
 		summary.Add(e)
 	}
-	want[schemas.AggregatesTable] = len(summary.Aggregates())
+	want := map[string]int{schemas.TelemetryTable: len(readings), schemas.AggregatesTable: len(summary.Aggregates())}
 
 	for _, sink := range []string{"emulator", "discard"} {
 		b.Run("bigtable="+sink, func(b *testing.B) {
@@ -131,20 +116,8 @@ func BenchmarkBackfill(b *testing.B) {
 // from two at once: the most rows a second any job can write to the
 // emulator on this machine.
 func BenchmarkBigtableEmulator(b *testing.B) {
-	checker, err := validate.NewChecker(validate.Config{})
-	if err != nil {
-		b.Fatal(err)
-	}
 	var rows []schemas.Row
-	for i := 0; i < *benchEvents; i++ {
-		if i%10 == 9 {
-			continue
-		}
-		attrs, data := fleetMessage(i)
-		e, rej := checker.Check(pubsubsource.Message{ID: fmt.Sprint(i), Data: data, Attributes: attrs, PublishMillis: 1700000000000 + int64(i)})
-		if rej != nil {
-			b.Fatal(rej.Err)
-		}
+	for _, e := range uniqueReadings(b, *benchEvents) {
 		rows = append(rows, schemas.TelemetryRow(e))
 	}
 	for _, writers := range []int{1, 2} {
@@ -233,6 +206,29 @@ func (d *discardBigtable) rows(project, instance, table string) int {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	return d.counts[fmt.Sprintf("projects/%s/instances/%s/tables/%s", project, instance, table)]
+}
+
+// uniqueReadings is the readings of the first n fleet messages, each
+// (device, seq) once, as validate reads them.
+func uniqueReadings(b *testing.B, n int) []schemas.Event {
+	b.Helper()
+	checker, err := validate.NewChecker(validate.Config{})
+	if err != nil {
+		b.Fatal(err)
+	}
+	var readings []schemas.Event
+	for i := 0; i < n; i++ {
+		if i%10 == 9 { // fleetMessage repeats the one before
+			continue
+		}
+		attrs, data := fleetMessage(i)
+		e, rej := checker.Check(pubsubsource.Message{ID: fmt.Sprint(i), Data: data, Attributes: attrs, PublishMillis: 1700000000000 + int64(i)})
+		if rej != nil {
+			b.Fatalf("message %d rejected: %v", i, rej.Err)
+		}
+		readings = append(readings, e)
+	}
+	return readings
 }
 
 // writeArchive writes n fleet messages as one archive file and returns its glob.
@@ -401,24 +397,15 @@ func BenchmarkStreamingBacklog(b *testing.B) {
 		b.StopTimer()
 		emu := startEmulators(b)
 		acks := loadBacklog(b, emu, n)
-		sv := &pipelines.Supervisor{
-			Config: pipelines.StreamingConfig{
-				Subscription: fmt.Sprintf("projects/%s/subscriptions/%s", project, stack.EventsSubscription),
-				Graph:        pipelines.GraphConfig{BigtableProject: project, BigtableInstance: instance},
-			},
-			Logger:    slog.New(slog.NewTextHandler(io.Discard, nil)),
-			OnFailure: func(err error) { b.Errorf("streaming job failed: %v", err) },
-		}
-		ctx, cancel := context.WithCancel(context.Background())
-		done := make(chan error, 1)
+		sv := streamingJob(b, pipelines.GraphConfig{BigtableProject: project, BigtableInstance: instance})
 		b.StartTimer()
 		start := time.Now()
-		go func() { done <- sv.Run(ctx) }()
+		j := runJob(b, sv)
 		tick := time.NewTicker(100 * time.Millisecond)
 		for acks() < int64(n) {
 			select {
-			case err := <-done:
-				b.Fatalf("streaming job ended early: %v", err)
+			case <-j.done:
+				b.Fatalf("streaming job ended early: %v", j.err)
 			case <-tick.C:
 			}
 			if *benchProgress {
@@ -431,8 +418,7 @@ func BenchmarkStreamingBacklog(b *testing.B) {
 		tick.Stop()
 		b.StopTimer()
 		b.ReportMetric(float64(n)/time.Since(start).Seconds(), "events/s")
-		cancel()
-		<-done
+		j.stop()
 		emu.Close()
 	}
 }

@@ -1,7 +1,6 @@
 package pipelines_test
 
 import (
-	"context"
 	"fmt"
 	"io"
 	"log/slog"
@@ -39,10 +38,7 @@ func TestKilledJobLosesNothing(t *testing.T) {
 
 	// First run: killed once part of the stream is through. A drain timeout
 	// of 1 ns turns the stop into an immediate cancel.
-	killed := &pipelines.Supervisor{Config: cfg, Logger: logger, DrainTimeout: time.Nanosecond}
-	ctx, kill := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- killed.Run(ctx) }()
+	killed := runJob(t, &pipelines.Supervisor{Config: cfg, Logger: logger, DrainTimeout: time.Nanosecond})
 	deadline := time.Now().Add(60 * time.Second)
 	for emu.PubsubAcks() == 0 {
 		if time.Now().After(deadline) {
@@ -50,23 +46,19 @@ func TestKilledJobLosesNothing(t *testing.T) {
 		}
 		time.Sleep(5 * time.Millisecond)
 	}
-	kill()
-	<-done // a cancelled job may report an error; what matters is what it left behind
+	killed.stop() // a cancelled job may report an error; what matters is what it left behind
 	if acked := emu.PubsubAcks(); acked >= int64(total) {
 		t.Fatalf("the whole stream (%d) was acked before the kill; nothing was cut off", acked)
 	}
 
 	// Second run: reads what the first left unacked, including what the
 	// killed job held in memory (redelivered once its lease lapses).
-	sv := &pipelines.Supervisor{Config: cfg, Logger: logger,
-		OnFailure: func(err error) { t.Errorf("restarted job failed: %v", err) }}
-	ctx, stop := context.WithCancel(context.Background())
-	go func() { done <- sv.Run(ctx) }()
+	restarted := runJob(t, &pipelines.Supervisor{Config: cfg, Logger: logger,
+		OnFailure: func(err error) { t.Errorf("restarted job failed: %v", err) }})
 	for _, m := range emu.Pubsub.Messages() {
 		waitAcked(t, emu, m.ID, 90*time.Second)
 	}
-	stop()
-	if err := <-done; err != nil {
+	if err := restarted.stop(); err != nil {
 		t.Fatal(err)
 	}
 

@@ -36,6 +36,62 @@ func startEmulators(t testing.TB) *emulators.Emulators {
 	return emu
 }
 
+// streamingJob is the streaming job on the local events subscription, with
+// graph; it reports a failure to tb.
+func streamingJob(tb testing.TB, graph pipelines.GraphConfig) *pipelines.Supervisor {
+	return &pipelines.Supervisor{
+		Config: pipelines.StreamingConfig{
+			Subscription: fmt.Sprintf("projects/%s/subscriptions/%s", project, stack.EventsSubscription),
+			Graph:        graph,
+		},
+		Logger:    slog.New(slog.NewTextHandler(io.Discard, nil)),
+		OnFailure: func(err error) { tb.Errorf("streaming job failed: %v", err) },
+	}
+}
+
+// job is a streaming job running in the background.
+type job struct {
+	cancel context.CancelFunc
+	done   chan struct{} // closed once Run has returned
+	err    error         // what Run returned
+}
+
+// runJob runs sv in the background until stop, or until tb ends.
+func runJob(tb testing.TB, sv *pipelines.Supervisor) *job {
+	ctx, cancel := context.WithCancel(context.Background())
+	j := &job{cancel: cancel, done: make(chan struct{})}
+	go func() {
+		j.err = sv.Run(ctx)
+		close(j.done)
+	}()
+	tb.Cleanup(func() {
+		cancel()
+		select { // a job that does not stop is the test's failure to report, not its cleanup's
+		case <-j.done:
+		case <-time.After(time.Minute):
+		}
+	})
+	return j
+}
+
+// stop drains the job and returns what Run returned.
+func (j *job) stop() error {
+	j.cancel()
+	<-j.done
+	return j.err
+}
+
+// openTable opens a table of the local Bigtable instance for the rest of tb.
+func openTable(tb testing.TB, table string) *bigtable.Table {
+	tb.Helper()
+	c, err := bigtable.NewClient(context.Background(), project, instance)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	tb.Cleanup(func() { c.Close() })
+	return c.Open(table)
+}
+
 func publish(t *testing.T, emu *emulators.Emulators, device, payload string) string {
 	t.Helper()
 	return emu.Pubsub.Publish(fmt.Sprintf("projects/%s/topics/%s", project, stack.EventsTopic), []byte(payload),
@@ -72,31 +128,13 @@ func cellValue(row bigtable.Row, family, column string) string {
 
 func TestStreamingWritesReadingsAndDeadLettersThenDrains(t *testing.T) {
 	emu := startEmulators(t)
-	sv := &pipelines.Supervisor{
-		Config: pipelines.StreamingConfig{
-			Subscription: fmt.Sprintf("projects/%s/subscriptions/%s", project, stack.EventsSubscription),
-			Graph: pipelines.GraphConfig{BigtableProject: project, BigtableInstance: instance,
-				DeadLetterTopic: deadLetterTopic},
-		},
-		Logger: slog.New(slog.NewTextHandler(io.Discard, nil)),
-		OnFailure: func(err error) {
-			t.Errorf("streaming job failed: %v", err)
-		},
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- sv.Run(ctx) }()
-
-	client, err := bigtable.NewClient(context.Background(), project, instance)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer client.Close()
+	j := runJob(t, streamingJob(t, pipelines.GraphConfig{BigtableProject: project, BigtableInstance: instance,
+		DeadLetterTopic: deadLetterTopic}))
 
 	publish(t, emu, "d1", `{"ts":1700000000000,"seq":1,"metrics":{"temperature":21.5,"humidity":40}}`)
 	badID := publish(t, emu, "d1", `{"ts":"yesterday"}`)
 
-	row := waitRow(t, client.Open(schemas.TelemetryTable), schemas.TelemetryKey("d1", 1700000000000, 1), 30*time.Second)
+	row := waitRow(t, openTable(t, schemas.TelemetryTable), schemas.TelemetryKey("d1", 1700000000000, 1), 30*time.Second)
 	if got := cellValue(row, schemas.FamilyMetrics, "temperature"); got != "21.5" {
 		t.Errorf("temperature cell = %q, want 21.5", got)
 	}
@@ -104,7 +142,7 @@ func TestStreamingWritesReadingsAndDeadLettersThenDrains(t *testing.T) {
 		t.Errorf("humidity cell = %q, want 40", got)
 	}
 	bad := emu.Pubsub.Message(badID)
-	dl := waitRow(t, client.Open(schemas.DeadLetterTable), schemas.DeadLetterKey(validate.Stage, bad.PublishTime.UnixMilli(), badID), 10*time.Second)
+	dl := waitRow(t, openTable(t, schemas.DeadLetterTable), schemas.DeadLetterKey(validate.Stage, bad.PublishTime.UnixMilli(), badID), 10*time.Second)
 	if got := cellValue(dl, schemas.FamilyDeadLetter, "payload"); got != `{"ts":"yesterday"}` {
 		t.Errorf("dead letter payload = %q", got)
 	}
@@ -131,11 +169,11 @@ func TestStreamingWritesReadingsAndDeadLettersThenDrains(t *testing.T) {
 	// A message published just before the drain is still processed and acked.
 	last := publish(t, emu, "d2", `{"ts":1700000000500,"seq":9,"metrics":{"t":1}}`)
 	waitAcked(t, emu, last, 10*time.Second)
-	cancel()
+	j.cancel()
 	select {
-	case err := <-done:
-		if err != nil {
-			t.Fatalf("drain: %v", err)
+	case <-j.done:
+		if j.err != nil {
+			t.Fatalf("drain: %v", j.err)
 		}
 	case <-time.After(60 * time.Second):
 		t.Fatal("streaming job did not drain within 60 s")
@@ -164,32 +202,14 @@ func TestStreamingRedeliversWhenBigtableWritesFail(t *testing.T) {
 	emu := startEmulators(t)
 	var failures atomic.Int32
 	failed := make(chan struct{}, 1)
-	sv := &pipelines.Supervisor{
-		Config: pipelines.StreamingConfig{
-			Subscription: fmt.Sprintf("projects/%s/subscriptions/%s", project, stack.EventsSubscription),
-			Graph:        pipelines.GraphConfig{BigtableProject: project, BigtableInstance: instance, BigtableWriteTimeout: time.Second},
-		},
-		Logger: slog.New(slog.NewTextHandler(io.Discard, nil)),
-		OnFailure: func(error) {
-			if failures.Add(1) == 1 {
-				failed <- struct{}{}
-			}
-		},
+	sv := streamingJob(t, pipelines.GraphConfig{BigtableProject: project, BigtableInstance: instance, BigtableWriteTimeout: time.Second})
+	sv.OnFailure = func(error) {
+		if failures.Add(1) == 1 {
+			failed <- struct{}{}
+		}
 	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- sv.Run(ctx) }()
-	defer func() {
-		cancel()
-		<-done
-	}()
-
-	client, err := bigtable.NewClient(context.Background(), project, instance)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer client.Close()
-	tbl := client.Open(schemas.TelemetryTable)
+	runJob(t, sv)
+	tbl := openTable(t, schemas.TelemetryTable)
 
 	emu.FailBigtableWrites(-1)
 	id := publish(t, emu, "d1", `{"ts":1700000000000,"seq":42,"metrics":{"temperature":19}}`)
@@ -223,27 +243,8 @@ func TestStreamingRedeliversWhenBigtableWritesFail(t *testing.T) {
 // dedupe must never put a reading behind one.
 func TestStreamingWritesCurrentReadingsOneAfterAnother(t *testing.T) {
 	emu := startEmulators(t)
-	sv := &pipelines.Supervisor{
-		Config: pipelines.StreamingConfig{
-			Subscription: fmt.Sprintf("projects/%s/subscriptions/%s", project, stack.EventsSubscription),
-			Graph:        pipelines.GraphConfig{BigtableProject: project, BigtableInstance: instance},
-		},
-		Logger:    slog.New(slog.NewTextHandler(io.Discard, nil)),
-		OnFailure: func(err error) { t.Errorf("streaming job failed: %v", err) },
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- sv.Run(ctx) }()
-	defer func() {
-		cancel()
-		<-done
-	}()
-	client, err := bigtable.NewClient(context.Background(), project, instance)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer client.Close()
-	tbl := client.Open(schemas.TelemetryTable)
+	runJob(t, streamingJob(t, pipelines.GraphConfig{BigtableProject: project, BigtableInstance: instance}))
+	tbl := openTable(t, schemas.TelemetryTable)
 
 	now := time.Now().UnixMilli()
 	for seq := int64(1); seq <= 3; seq++ {

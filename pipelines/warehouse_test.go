@@ -1,11 +1,8 @@
 package pipelines_test
 
 import (
-	"context"
 	"database/sql"
 	"fmt"
-	"io"
-	"log/slog"
 	"os"
 	"path/filepath"
 	"testing"
@@ -14,7 +11,6 @@ import (
 	_ "github.com/duckdb/duckdb-go/v2"
 
 	"github.com/iotpipe/iotpipe/pipelines"
-	"github.com/iotpipe/iotpipe/testing/stack"
 )
 
 // With a warehouse, a reading is acked only once both Bigtable and the
@@ -26,26 +22,15 @@ func TestStreamingWritesTheWarehouse(t *testing.T) {
 	if err := os.WriteFile(reference, []byte("device_id,site,location,device_class,owner,thresholds\nd1,plant-a,hall-1,generic,ops,temperature:0:30\n"), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	sv := &pipelines.Supervisor{
-		Config: pipelines.StreamingConfig{
-			Subscription: fmt.Sprintf("projects/%s/subscriptions/%s", project, stack.EventsSubscription),
-			Graph: pipelines.GraphConfig{BigtableProject: project, BigtableInstance: instance,
-				Warehouse: "duckdb://" + path, Reference: reference},
-		},
-		Logger:    slog.New(slog.NewTextHandler(io.Discard, nil)),
-		OnFailure: func(err error) { t.Errorf("streaming job failed: %v", err) },
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- sv.Run(ctx) }()
+	j := runJob(t, streamingJob(t, pipelines.GraphConfig{BigtableProject: project, BigtableInstance: instance,
+		Warehouse: "duckdb://" + path, Reference: reference}))
 	a := publish(t, emu, "d1", `{"ts":1700000000000,"seq":1,"metrics":{"temperature":21.5,"humidity":40}}`)
 	b := publish(t, emu, "d1", `{"ts":1700000000000,"seq":1,"metrics":{"temperature":21.5,"humidity":40}}`)
 	c := publish(t, emu, "d1", `not json`)
 	for _, id := range []string{a, b, c} {
 		waitAcked(t, emu, id, 30*time.Second)
 	}
-	cancel()
-	if err := <-done; err != nil {
+	if err := j.stop(); err != nil {
 		t.Fatal(err)
 	}
 	db, err := sql.Open("duckdb", path)

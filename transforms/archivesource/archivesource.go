@@ -10,7 +10,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"reflect"
 	"time"
 
 	"github.com/apache/beam/sdks/v2/go/pkg/beam"
@@ -27,12 +26,11 @@ import (
 )
 
 func init() {
-	register.DoFn4x2[context.Context, *sdf.LockRTracker, fileio.ReadableFile, func(Chunk), sdf.ProcessContinuation, error](&readFn{})
-	register.Emitter1[Chunk]()
-	register.DoFn4x0[context.Context, Chunk, func(beam.EventTime, pubsubsource.Message), func(schemas.DeadLetter)](&parseFn{})
+	register.DoFn4x2[context.Context, *sdf.LockRTracker, fileio.ReadableFile, func([]byte), sdf.ProcessContinuation, error](&readFn{})
+	register.Emitter1[[]byte]()
+	register.DoFn4x0[context.Context, []byte, func(beam.EventTime, pubsubsource.Message), func(schemas.DeadLetter)](&parseFn{})
 	register.Emitter2[beam.EventTime, pubsubsource.Message]()
 	register.Emitter1[schemas.DeadLetter]()
-	beam.RegisterType(reflect.TypeOf((*Chunk)(nil)).Elem())
 }
 
 // Stage is the dead-letter stage of archive lines that are not records.
@@ -74,14 +72,6 @@ func Read(s beam.Scope, glob string, cfg Config) (msgs, dead beam.PCollection) {
 	return beam.ParDo2(s, &parseFn{}, beam.Reshuffle(s, chunks))
 }
 
-// Chunk is whole lines of an archive file, as read.
-type Chunk struct {
-	Path string
-	// Offset is where in the file Lines start.
-	Offset int64
-	Lines  []byte
-}
-
 // blockBytes is the size of a file's initial restrictions, which a runner
 // may hand to different workers.
 const blockBytes = 64 << 20
@@ -102,7 +92,7 @@ func (fn *readFn) Setup() {
 	fn.chunks = beam.NewCounter("iotpipe.archive", "chunks")
 }
 
-func (fn *readFn) StartBundle(_ context.Context, _ func(Chunk)) { fn.read = 0 }
+func (fn *readFn) StartBundle(_ context.Context, _ func([]byte)) { fn.read = 0 }
 
 func (fn *readFn) CreateInitialRestriction(file fileio.ReadableFile) offsetrange.Restriction {
 	return offsetrange.Restriction{Start: 0, End: file.Metadata.Size}
@@ -120,7 +110,7 @@ func (fn *readFn) CreateTracker(rest offsetrange.Restriction) *sdf.LockRTracker 
 	return sdf.NewLockRTracker(offsetrange.NewTracker(rest))
 }
 
-func (fn *readFn) ProcessElement(ctx context.Context, rt *sdf.LockRTracker, file fileio.ReadableFile, emit func(Chunk)) (sdf.ProcessContinuation, error) {
+func (fn *readFn) ProcessElement(ctx context.Context, rt *sdf.LockRTracker, file fileio.ReadableFile, emit func([]byte)) (sdf.ProcessContinuation, error) {
 	if fn.read >= fn.ChunkBytes {
 		// The bundle has read its share: leave this file, whole, to the next.
 		return sdf.ResumeProcessingIn(0), nil
@@ -150,7 +140,7 @@ func (fn *readFn) ProcessElement(ctx context.Context, rt *sdf.LockRTracker, file
 		if err != nil {
 			return sdf.StopProcessing(), fmt.Errorf("archive: %s: moving to byte %d: %w", path, skip, err)
 		}
-		n, err := skipLine(rd)
+		line, err := readLine(rd, nil)
 		if errors.Is(err, io.EOF) {
 			rt.TryClaim(rest.End) // no line starts in the restriction
 			return sdf.StopProcessing(), nil
@@ -158,28 +148,29 @@ func (fn *readFn) ProcessElement(ctx context.Context, rt *sdf.LockRTracker, file
 		if err != nil {
 			return sdf.StopProcessing(), fmt.Errorf("archive: %s: reading from byte %d: %w", path, skip, err)
 		}
-		i = skip + n
+		i = skip + int64(len(line))
 	}
 
-	chunk := Chunk{Path: path, Offset: i}
+	// chunk is whole lines read and not yet handed on.
+	var chunk []byte
 	flush := func() {
-		if len(chunk.Lines) > 0 {
+		if len(chunk) > 0 {
 			fn.chunks.Inc(ctx, 1)
 			emit(chunk)
 		}
-		chunk = Chunk{Path: path, Offset: i}
+		chunk = nil
 	}
 	for rt.TryClaim(i) {
-		if chunk.Lines == nil {
-			chunk.Lines = make([]byte, 0, min(fn.ChunkBytes, 16<<20)+64<<10)
+		if chunk == nil {
+			chunk = make([]byte, 0, min(fn.ChunkBytes, 16<<20)+64<<10)
 		}
-		n := len(chunk.Lines)
-		chunk.Lines, err = readLine(rd, chunk.Lines)
+		n := len(chunk)
+		chunk, err = readLine(rd, chunk)
 		if err != nil && !errors.Is(err, io.EOF) {
 			return sdf.StopProcessing(), fmt.Errorf("archive: %s: reading the line at byte %d: %w", path, i, err)
 		}
-		i += int64(len(chunk.Lines) - n)
-		fn.read += int64(len(chunk.Lines) - n)
+		i += int64(len(chunk) - n)
+		fn.read += int64(len(chunk) - n)
 		if err != nil { // the file ended inside the restriction
 			rt.TryClaim(rest.End)
 			break
@@ -190,7 +181,7 @@ func (fn *readFn) ProcessElement(ctx context.Context, rt *sdf.LockRTracker, file
 			flush()
 			return sdf.ResumeProcessingIn(0), nil
 		}
-		if int64(len(chunk.Lines)) >= fn.ChunkBytes {
+		if int64(len(chunk)) >= fn.ChunkBytes {
 			flush()
 		}
 	}
@@ -217,8 +208,8 @@ func (fn *parseFn) Setup() {
 	fn.bad = beam.NewCounter("iotpipe.archive", "bad_lines")
 }
 
-func (fn *parseFn) ProcessElement(ctx context.Context, c Chunk, emit func(beam.EventTime, pubsubsource.Message), dead func(schemas.DeadLetter)) {
-	for rest := c.Lines; len(rest) > 0; {
+func (fn *parseFn) ProcessElement(ctx context.Context, lines []byte, emit func(beam.EventTime, pubsubsource.Message), dead func(schemas.DeadLetter)) {
+	for rest := lines; len(rest) > 0; {
 		line := rest
 		if i := bytes.IndexByte(rest, '\n'); i >= 0 {
 			line, rest = rest[:i], rest[i+1:]
@@ -251,18 +242,6 @@ func readLine(rd *bufio.Reader, buf []byte) ([]byte, error) {
 		buf = append(buf, part...)
 		if !errors.Is(err, bufio.ErrBufferFull) {
 			return buf, err
-		}
-	}
-}
-
-// skipLine reads past the next newline and returns how many bytes that was.
-func skipLine(rd *bufio.Reader) (int64, error) {
-	var n int64
-	for {
-		part, err := rd.ReadSlice('\n')
-		n += int64(len(part))
-		if !errors.Is(err, bufio.ErrBufferFull) {
-			return n, err
 		}
 	}
 }
