@@ -39,3 +39,20 @@ func TestTelemetryKeysSortByTimeWithinDevice(t *testing.T) {
 		t.Errorf("device d10's key %q must not fall under device d1's prefix %q", c, TelemetryPrefix("d1"))
 	}
 }
+
+func TestTelemetryKeyLayout(t *testing.T) {
+	for _, c := range []struct {
+		device  string
+		ts, seq int64
+		want    string
+	}{
+		{"d1", 0, 0, "d1#0000000000000#0"},
+		{"d1", 1700000000123, 42, "d1#1700000000123#42"},
+		{"dev-7", 99999999999999, -3, "dev-7#99999999999999#-3"},
+		{"d", -5, 1, "d#-000000000005#1"},
+	} {
+		if got := TelemetryKey(c.device, c.ts, c.seq); got != c.want {
+			t.Errorf("TelemetryKey(%q, %d, %d) = %q, want %q", c.device, c.ts, c.seq, got, c.want)
+		}
+	}
+}

@@ -3,6 +3,7 @@
 package dedupe
 
 import (
+	"cmp"
 	"context"
 	"encoding/binary"
 	"fmt"
@@ -116,10 +117,18 @@ type Batch struct {
 // encodeBatch is the Batch coder: the count, then each event's length and
 // binary form (schemas.AppendEventBinary).
 func encodeBatch(b Batch) []byte {
-	out := binary.AppendUvarint(nil, uint64(len(b.Events)))
-	var ev []byte
-	for _, e := range b.Events {
-		ev = schemas.AppendEventBinary(ev[:0], e)
+	if len(b.Events) == 0 {
+		return binary.AppendUvarint(nil, 0)
+	}
+	// Sized on the first event: grown by appending, a batch is copied over
+	// and over.
+	ev := schemas.AppendEventBinary(nil, b.Events[0])
+	out := make([]byte, 0, binary.MaxVarintLen64+len(b.Events)*(len(ev)+len(ev)/4+binary.MaxVarintLen32))
+	out = binary.AppendUvarint(out, uint64(len(b.Events)))
+	for i := range b.Events {
+		if i > 0 {
+			ev = schemas.AppendEventBinary(ev[:0], b.Events[i])
+		}
 		out = binary.AppendUvarint(out, uint64(len(ev)))
 		out = append(out, ev...)
 	}
@@ -268,22 +277,23 @@ func (fn *dedupeFn) OnTimer(ctx context.Context, sp state.Provider, _ timers.Pro
 // FilterShard is Filter over a batch of several devices of one shard: each
 // device's events are filtered against its own seen-set in st, which gains
 // the devices new to it; devices whose newest reading is a horizon older
-// than the shard's newest are forgotten.
+// than the shard's newest are forgotten. The kept events come device by
+// device, in Filter's order; batch itself is left as it is.
 func FilterShard(st *ShardSeen, batch []schemas.Event, horizonMillis int64) (kept []schemas.Event, repeats []string) {
-	sort.SliceStable(batch, func(i, j int) bool { return batch[i].DeviceID < batch[j].DeviceID })
-	for len(batch) > 0 {
+	order := sortedOrder(batch, true)
+	kept = make([]schemas.Event, 0, len(batch))
+	for len(order) > 0 {
+		device := batch[order[0]].DeviceID
 		n := 1
-		for n < len(batch) && batch[n].DeviceID == batch[0].DeviceID {
+		for n < len(order) && batch[order[n]].DeviceID == device {
 			n++
 		}
-		device := batch[0].DeviceID
 		i, found := sort.Find(len(st.Devices), func(i int) int { return strings.Compare(device, st.Devices[i].Device) })
 		if !found {
 			st.Devices = slices.Insert(st.Devices, i, DeviceSeen{Device: device})
 		}
-		k, r := Filter(&st.Devices[i].Seen, batch[:n], horizonMillis)
-		kept, repeats = append(kept, k...), append(repeats, r...)
-		batch = batch[n:]
+		kept, repeats = filterInOrder(&st.Devices[i].Seen, batch, order[:n], horizonMillis, kept, repeats)
+		order = order[n:]
 	}
 	if newest := st.newestTS(); newest > 0 {
 		st.Devices = slices.DeleteFunc(st.Devices, func(d DeviceSeen) bool { return d.Seen.NewestTS() < newest-horizonMillis })
@@ -303,27 +313,19 @@ func (st *ShardSeen) newestTS() int64 {
 // Filter is the plain-Go core of Dedupe: it returns the events of batch whose
 // (DeviceID, Seq) seen has not recorded, in (TS, Seq) order, records them, and
 // prunes what fell out of the horizon; and the AckIDs of the repeats. All
-// events must be of one device.
+// events must be of one device. Of copies of one identity in a batch, the
+// first published is kept, so a replay of the same messages keeps the same
+// copy. batch itself is left as it is.
 func Filter(seen *SeenSet, batch []schemas.Event, horizonMillis int64) (kept []schemas.Event, repeats []string) {
-	// Of copies of one identity in a batch, the first published is kept, so
-	// a replay of the same messages keeps the same copy.
-	sort.Slice(batch, func(i, j int) bool {
-		a, b := &batch[i], &batch[j]
-		if a.TS != b.TS {
-			return a.TS < b.TS
-		}
-		if a.Seq != b.Seq {
-			return a.Seq < b.Seq
-		}
-		if a.PublishMillis != b.PublishMillis {
-			return a.PublishMillis < b.PublishMillis
-		}
-		return a.MessageID < b.MessageID
-	})
-	kept = batch[:0:0]
-	for _, e := range batch {
-		if seen.Add(e.Seq, e.TS) {
-			kept = append(kept, e)
+	return filterInOrder(seen, batch, sortedOrder(batch, false), horizonMillis, make([]schemas.Event, 0, len(batch)), nil)
+}
+
+// filterInOrder is Filter over the events of batch at order, which lists
+// them in Filter's order, appending to kept and repeats.
+func filterInOrder(seen *SeenSet, batch []schemas.Event, order []int32, horizonMillis int64, kept []schemas.Event, repeats []string) ([]schemas.Event, []string) {
+	for _, i := range order {
+		if e := &batch[i]; seen.Add(e.Seq, e.TS) {
+			kept = append(kept, *e)
 		} else {
 			repeats = append(repeats, e.AckID)
 		}
@@ -332,4 +334,33 @@ func Filter(seen *SeenSet, batch []schemas.Event, horizonMillis int64) (kept []s
 		seen.Prune(newest - horizonMillis)
 	}
 	return kept, repeats
+}
+
+// sortedOrder is the indexes of batch in Filter's order, (TS, Seq,
+// PublishMillis, MessageID), by device first if byDevice. Sorting indexes
+// leaves the events, hundreds of bytes each, where they are.
+func sortedOrder(batch []schemas.Event, byDevice bool) []int32 {
+	order := make([]int32, len(batch))
+	for i := range order {
+		order[i] = int32(i)
+	}
+	slices.SortStableFunc(order, func(i, j int32) int {
+		a, b := &batch[i], &batch[j]
+		if byDevice {
+			if c := strings.Compare(a.DeviceID, b.DeviceID); c != 0 {
+				return c
+			}
+		}
+		if c := cmp.Compare(a.TS, b.TS); c != 0 {
+			return c
+		}
+		if c := cmp.Compare(a.Seq, b.Seq); c != 0 {
+			return c
+		}
+		if c := cmp.Compare(a.PublishMillis, b.PublishMillis); c != 0 {
+			return c
+		}
+		return strings.Compare(a.MessageID, b.MessageID)
+	})
+	return order
 }
