@@ -44,11 +44,24 @@ func archiveLine(t *testing.T, i, size int) (line []byte, want string) {
 	return line, fmt.Sprintf("m%d@%d/%d/%d", i, 1700000000000+i, 1700000000000+i, len(data))
 }
 
+// alignedLine is the record of message i as a line of exactly size bytes,
+// its newline included.
+func alignedLine(t *testing.T, i, size int) (line []byte, want string) {
+	t.Helper()
+	for pad := size; pad > 0; pad-- {
+		if line, want = archiveLine(t, i, pad); len(line)+1 == size {
+			return append(line, '\n'), want
+		}
+	}
+	t.Fatalf("no payload makes record %d a line of %d bytes", i, size)
+	return nil, ""
+}
+
 // Every record of every file comes out exactly once, stamped with its
-// publish time, however the files are cut into chunks and bundles: chunks
+// publish time, however the files are cut into spans and bundles: spans
 // far smaller than a line, a line longer than the reader's buffer, CRLF and
 // empty lines, a bad line, a last line without a newline, and files smaller
-// than a chunk.
+// than a span.
 func TestReadEveryRecordOnce(t *testing.T) {
 	dir := t.TempDir()
 	var want []any
@@ -87,6 +100,15 @@ func TestReadEveryRecordOnce(t *testing.T) {
 		}
 		files[fmt.Sprintf("small-%02d.ndjson", f)] = body
 	}
+	// Lines of exactly 1 KiB, so that every span of 4 KiB starts and ends
+	// on a line's first byte.
+	var aligned []byte
+	for i := 8000; i < 8040; i++ {
+		line, w := alignedLine(t, i, 1<<10)
+		want = append(want, w)
+		aligned = append(aligned, line...)
+	}
+	files["aligned.ndjson"] = aligned
 	for name, body := range files {
 		if err := os.WriteFile(filepath.Join(dir, name), body, 0o644); err != nil {
 			t.Fatal(err)
@@ -94,7 +116,7 @@ func TestReadEveryRecordOnce(t *testing.T) {
 	}
 
 	p, s := beam.NewPipelineWithRoot()
-	msgs, dead := Read(s, filepath.Join(dir, "*.ndjson"), Config{ChunkBytes: 4 << 10})
+	msgs, dead := Read(s, filepath.Join(dir, "*.ndjson"), Config{SpanBytes: 4 << 10})
 	passert.Equals(s, beam.ParDo(s, stamped, msgs), want...)
 	passert.Equals(s, beam.ParDo(s, deadSummary, dead), Stage+":not a record")
 	res, err := ptest.RunWithMetrics(p)
@@ -109,15 +131,14 @@ func TestReadEveryRecordOnce(t *testing.T) {
 		t.Errorf("bad_lines = %d, want 1", counters["bad_lines"])
 	}
 	// About 150 KB of small lines and one of 600 KB in a.ndjson, and 40
-	// files of 3 KB, in chunks of about 4 KiB.
-	if counters["chunks"] < 70 {
-		t.Errorf("chunks = %d; the reader did not checkpoint between chunks", counters["chunks"])
+	// files of 3 KB, in spans of 4 KiB.
+	if counters["spans"] < 220 {
+		t.Errorf("spans = %d, want at least 220", counters["spans"])
 	}
 }
 
-// On GCS, whose readers cannot seek, every record still comes out once:
-// files are deferred between bundles, and a file is read to its end in
-// chunks from one bundle.
+// On GCS every record comes out once too: a span is a ranged read of its
+// object.
 func TestReadFromGCS(t *testing.T) {
 	emu := emulators.StartForTest(t)
 	emu.GCS.CreateBucketWithOpts(fakestorage.CreateBucketOpts{Name: "archive"})
@@ -135,7 +156,7 @@ func TestReadFromGCS(t *testing.T) {
 		})
 	}
 	p, s := beam.NewPipelineWithRoot()
-	msgs, dead := Read(s, "gs://archive/raw/dt=*/hour=*/*.ndjson", Config{ChunkBytes: 4 << 10})
+	msgs, dead := Read(s, "gs://archive/raw/dt=*/hour=*/*.ndjson", Config{SpanBytes: 4 << 10})
 	passert.Equals(s, beam.ParDo(s, stamped, msgs), want...)
 	passert.Empty(s, dead)
 	ptest.RunAndValidate(t, p)
