@@ -1,5 +1,6 @@
-// Package bigtablesink writes schemas.Row values to a Bigtable table in one
-// bulk mutation per bundle, so a bundle commits only after its rows are stored.
+// Package bigtablesink writes schemas.Row values to a Bigtable table in bulk
+// mutations of up to 1,000 rows, one in flight while the next is gathered;
+// a bundle commits only after its rows are stored.
 package bigtablesink
 
 import (
@@ -59,13 +60,30 @@ type writeFn struct {
 	Table         string
 	TimeoutMillis int64
 
-	client  *bigtable.Client
-	table   *bigtable.Table
-	keys    []string
-	muts    []*bigtable.Mutation
-	acks    []string
+	client *bigtable.Client
+	table  *bigtable.Table
+	// rows is the call being gathered; spare is a finished call's, kept
+	// for reuse.
+	rows, spare *call
+	// done delivers the call in flight once it is over; nil when none is.
+	done    chan *call
 	written beam.Counter
 	failed  beam.Counter
+}
+
+// call is one MutateRows call: its rows and their receipts, and how it went.
+type call struct {
+	keys []string
+	muts []*bigtable.Mutation
+	acks []string
+	// err is the call's first failure, of failed rows.
+	err    error
+	failed int
+}
+
+func (c *call) reset() *call {
+	c.keys, c.muts, c.acks, c.err, c.failed = c.keys[:0], c.muts[:0], c.acks[:0], nil, 0
+	return c
 }
 
 func (fn *writeFn) Setup(ctx context.Context) error {
@@ -78,10 +96,14 @@ func (fn *writeFn) Setup(ctx context.Context) error {
 	fn.table = fn.client.Open(fn.Table)
 	fn.written = beam.NewCounter("iotpipe.bigtable", fn.Table+"_rows_written")
 	fn.failed = beam.NewCounter("iotpipe.bigtable", fn.Table+"_write_failures")
+	fn.rows, fn.spare = &call{}, &call{}
 	return nil
 }
 
 func (fn *writeFn) Teardown() error {
+	if fn.done != nil {
+		<-fn.done
+	}
 	if fn.client == nil {
 		return nil
 	}
@@ -89,7 +111,11 @@ func (fn *writeFn) Teardown() error {
 }
 
 func (fn *writeFn) StartBundle(_ context.Context, _ func(string)) {
-	fn.keys, fn.muts, fn.acks = fn.keys[:0], fn.muts[:0], fn.acks[:0]
+	if fn.done != nil { // left by a failed bundle: its rows are retried with it
+		fn.spare = (<-fn.done).reset()
+		fn.done = nil
+	}
+	fn.rows.reset()
 }
 
 func (fn *writeFn) ProcessElement(ctx context.Context, row schemas.Row, written func(string)) error {
@@ -97,42 +123,76 @@ func (fn *writeFn) ProcessElement(ctx context.Context, row schemas.Row, written 
 	for _, c := range row.Cells {
 		m.Set(c.Family, c.Column, bigtable.Time(time.UnixMilli(c.Millis)), c.Value)
 	}
-	fn.keys = append(fn.keys, row.Key)
-	fn.muts = append(fn.muts, m)
+	r := fn.rows
+	r.keys = append(r.keys, row.Key)
+	r.muts = append(r.muts, m)
 	if row.AckID != "" {
-		fn.acks = append(fn.acks, row.AckID)
+		r.acks = append(r.acks, row.AckID)
 	}
-	if len(fn.keys) >= maxRowsPerCall {
-		return fn.flush(ctx, written)
+	if len(r.keys) >= maxRowsPerCall {
+		return fn.send(ctx, written)
 	}
 	return nil
 }
 
+// FinishBundle returns once every row of the bundle is written, or with
+// the first failure, so a bundle commits only with its rows stored.
 func (fn *writeFn) FinishBundle(ctx context.Context, written func(string)) error {
-	return fn.flush(ctx, written)
-}
-
-func (fn *writeFn) flush(ctx context.Context, written func(string)) error {
-	if len(fn.keys) == 0 {
-		return nil
-	}
-	ctx, cancel := context.WithTimeout(ctx, time.Duration(fn.TimeoutMillis)*time.Millisecond)
-	defer cancel()
-	errs, err := fn.table.ApplyBulk(ctx, fn.keys, fn.muts)
-	if err != nil {
-		fn.failed.Inc(ctx, int64(len(fn.keys)))
-		return fmt.Errorf("bigtable write of %d rows to %s (first key %q): %w", len(fn.keys), fn.Table, fn.keys[0], err)
-	}
-	for i, e := range errs {
-		if e != nil {
-			fn.failed.Inc(ctx, 1)
-			return fmt.Errorf("bigtable write of row %q to %s: %w", fn.keys[i], fn.Table, e)
+	if len(fn.rows.keys) > 0 {
+		if err := fn.send(ctx, written); err != nil {
+			return err
 		}
 	}
-	fn.written.Inc(ctx, int64(len(fn.keys)))
-	for _, a := range fn.acks {
+	return fn.wait(ctx, written)
+}
+
+// send starts the MutateRows call of the rows gathered so far, once the
+// call before it is over: one call is in flight while the next one's rows
+// are gathered, so the bundle goes on while Bigtable works, and rows reach
+// Bigtable in their order (a later pane of an aggregate is never
+// overwritten by an earlier one).
+func (fn *writeFn) send(ctx context.Context, written func(string)) error {
+	if err := fn.wait(ctx, written); err != nil {
+		return err
+	}
+	c := fn.rows
+	fn.rows = fn.spare
+	fn.spare = nil
+	fn.done = make(chan *call, 1)
+	go func(done chan<- *call) {
+		ctx, cancel := context.WithTimeout(ctx, time.Duration(fn.TimeoutMillis)*time.Millisecond)
+		defer cancel()
+		errs, err := fn.table.ApplyBulk(ctx, c.keys, c.muts)
+		if err != nil {
+			c.err, c.failed = fmt.Errorf("bigtable write of %d rows to %s (first key %q): %w", len(c.keys), fn.Table, c.keys[0], err), len(c.keys)
+		}
+		for i, e := range errs {
+			if e != nil {
+				if c.failed++; c.err == nil {
+					c.err = fmt.Errorf("bigtable write of row %q to %s: %w", c.keys[i], fn.Table, e)
+				}
+			}
+		}
+		done <- c
+	}(fn.done)
+	return nil
+}
+
+// wait waits for the call in flight, if any, and hands on its receipts.
+func (fn *writeFn) wait(ctx context.Context, written func(string)) error {
+	if fn.done == nil {
+		return nil
+	}
+	c := <-fn.done
+	fn.done = nil
+	defer func() { fn.spare = c.reset() }()
+	if c.err != nil {
+		fn.failed.Inc(ctx, int64(c.failed))
+		return c.err
+	}
+	fn.written.Inc(ctx, int64(len(c.keys)))
+	for _, a := range c.acks {
 		written(a)
 	}
-	fn.keys, fn.muts, fn.acks = fn.keys[:0], fn.muts[:0], fn.acks[:0]
 	return nil
 }
