@@ -151,19 +151,30 @@ func TelemetryPrefix(device string) string { return device + "#" }
 func TelemetryRow(e Event) Row {
 	names := e.MetricNames()
 	cells := make([]Cell, 0, len(names)+6)
+	// The values share one buffer: a row is written once and never changed.
+	vals := make([]byte, 0, 24*len(names)+len(e.Registry)+len(e.Location)+len(e.SubFolder)+len(e.MessageID)+24)
+	cell := func(family, col string, start int) {
+		cells = append(cells, Cell{family, col, e.TS, vals[start:len(vals):len(vals)]})
+	}
 	for _, name := range names {
-		cells = append(cells, Cell{FamilyMetrics, name, e.TS, []byte(strconv.FormatFloat(e.Metrics[name], 'g', -1, 64))})
+		start := len(vals)
+		vals = strconv.AppendFloat(vals, e.Metrics[name], 'g', -1, 64)
+		cell(FamilyMetrics, name, start)
 	}
 	env := func(col, v string) {
 		if v != "" {
-			cells = append(cells, Cell{FamilyEnvelope, col, e.TS, []byte(v)})
+			start := len(vals)
+			vals = append(vals, v...)
+			cell(FamilyEnvelope, col, start)
 		}
 	}
 	env("registry", e.Registry)
 	env("location", e.Location)
 	env("subfolder", e.SubFolder)
 	env("message_id", e.MessageID)
-	env("publish_ms", strconv.FormatInt(e.PublishMillis, 10))
+	start := len(vals)
+	vals = strconv.AppendInt(vals, e.PublishMillis, 10)
+	cell(FamilyEnvelope, "publish_ms", start)
 	if e.Buffered {
 		env("buffered", "true")
 	}
