@@ -61,11 +61,11 @@ func decodeAccumulator(data []byte) (Accumulator, error) {
 			return Accumulator{}, fmt.Errorf("aggregate: malformed accumulator: reading %d of %d is cut short", i, n)
 		}
 		data = data[k1+k2:]
-		seq, ts = seq+dseq, ts+dts
-		a.Readings[i] = Reading{Seq: seq, TS: ts, Value: math.Float64frombits(binary.LittleEndian.Uint64(data)), Buffered: data[8] == 1}
 		if data[8] > 1 {
 			return Accumulator{}, fmt.Errorf("aggregate: malformed accumulator: reading %d of %d: bad buffered flag %d", i, n, data[8])
 		}
+		seq, ts = seq+dseq, ts+dts
+		a.Readings[i] = Reading{Seq: seq, TS: ts, Value: math.Float64frombits(binary.LittleEndian.Uint64(data)), Buffered: data[8] == 1}
 		data = data[9:]
 	}
 	if len(data) != 0 {

@@ -221,7 +221,11 @@ func (fn *readFn) parse(ctx context.Context, line []byte, emit func(beam.EventTi
 // openAt opens the file at path for reading from byte off: a GCS object
 // with a ranged read, any other file through its Beam filesystem.
 func (fn *readFn) openAt(ctx context.Context, path string, off int64) (io.ReadCloser, error) {
-	if bucket, object, ok := strings.Cut(strings.TrimPrefix(path, "gs://"), "/"); ok && strings.HasPrefix(path, "gs://") {
+	if rest, ok := strings.CutPrefix(path, "gs://"); ok {
+		bucket, object, _ := strings.Cut(rest, "/")
+		if bucket == "" || object == "" {
+			return nil, fmt.Errorf("want gs://bucket/object")
+		}
 		if fn.client == nil {
 			c, err := storage.NewClient(ctx) // honours STORAGE_EMULATOR_HOST
 			if err != nil {
