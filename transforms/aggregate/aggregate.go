@@ -19,13 +19,14 @@ import (
 )
 
 func init() {
-	register.DoFn2x0[schemas.Event, func(beam.EventTime, string, Accumulator)](&partialFn{})
-	register.Emitter3[beam.EventTime, string, Accumulator]()
-	register.DoFn5x2[context.Context, beam.PaneInfo, beam.Window, string, func(*Accumulator) bool, schemas.Aggregate, error](&paneFn{})
-	register.Iter1[Accumulator]()
+	register.DoFn2x0[schemas.Event, func(beam.EventTime, string, Partial)](&partialFn{})
+	register.Emitter3[beam.EventTime, string, Partial]()
+	register.DoFn6x1[context.Context, beam.PaneInfo, beam.Window, string, func(*Partial) bool, func(schemas.Aggregate), error](&paneFn{})
+	register.Iter1[Partial]()
+	register.Emitter1[schemas.Aggregate]()
 	beam.RegisterType(reflect.TypeOf((*schemas.Event)(nil)).Elem())
 	beam.RegisterType(reflect.TypeOf((*schemas.Aggregate)(nil)).Elem())
-	beam.RegisterType(reflect.TypeOf((*Accumulator)(nil)).Elem())
+	beam.RegisterType(reflect.TypeOf((*Partial)(nil)).Elem())
 }
 
 // DefaultWindow is the window length when Config.Window is zero.
@@ -94,9 +95,9 @@ func (c Config) validate() error {
 // readings are stored elsewhere, so a batch backfill can recompute those
 // windows.
 //
-// The work is per key and window, never per-element state: an Accumulator
-// per (device, metric, window) is pre-combined within each bundle, grouped,
-// and merged once per firing. This is combiner lifting done by hand:
+// The work is per key and window, never per-element state: a Partial per
+// device and window, holding an Accumulator per metric, is pre-combined
+// within each bundle, grouped by device, and merged once per firing. This is combiner lifting done by hand:
 // beam.CombinePerKey would do the same, but the Go SDK's combine drops the
 // pane, so the Late flag could not be known after it (see
 // TestCombinePerKeyLosesPaneInfo). PerMinute panics on a negative or
@@ -118,44 +119,43 @@ func PerMinute(s beam.Scope, events beam.PCollection, cfg Config) beam.PCollecti
 
 // maxPartials bounds a bundle's pre-combine map; past it the partials are
 // emitted early, so a huge batch bundle cannot exhaust memory.
-const maxPartials = 50000
+const maxPartials = 20000
 
-// partialFn folds a bundle's readings into one Accumulator per device,
-// metric and window, and emits each keyed by device and metric and
-// timestamped at its window's start, so the WindowInto that follows
-// assigns it to the right window.
+// partialFn folds a bundle's readings into one Partial per device and
+// window, and emits each keyed by device and timestamped at its window's
+// start, so the WindowInto that follows assigns it to the right window.
 type partialFn struct {
 	WindowMillis int64
 
 	partials *Summary
 }
 
-func (fn *partialFn) ProcessElement(e schemas.Event, emit func(beam.EventTime, string, Accumulator)) {
+func (fn *partialFn) ProcessElement(e schemas.Event, emit func(beam.EventTime, string, Partial)) {
 	if fn.partials == nil {
-		fn.partials = &Summary{size: fn.WindowMillis, accs: map[summaryKey]*Accumulator{}}
+		fn.partials = &Summary{size: fn.WindowMillis, partials: map[summaryKey]*Partial{}}
 	}
 	fn.partials.Add(e)
-	if len(fn.partials.accs) >= maxPartials {
+	if len(fn.partials.partials) >= maxPartials {
 		fn.flush(emit)
 	}
 }
 
-func (fn *partialFn) FinishBundle(emit func(beam.EventTime, string, Accumulator)) {
+func (fn *partialFn) FinishBundle(emit func(beam.EventTime, string, Partial)) {
 	fn.flush(emit)
 }
 
-func (fn *partialFn) flush(emit func(beam.EventTime, string, Accumulator)) {
+func (fn *partialFn) flush(emit func(beam.EventTime, string, Partial)) {
 	if fn.partials == nil {
 		return
 	}
-	for k, a := range fn.partials.accs {
-		emit(mtime.FromMilliseconds(k.start), groupKey(k.device, k.metric), *a)
+	for k, p := range fn.partials.partials {
+		emit(mtime.FromMilliseconds(k.start), k.device, *p)
 	}
-	clear(fn.partials.accs)
+	clear(fn.partials.partials)
 }
 
-// paneFn merges a firing's partials into the Aggregate, completed with its
-// key, window and pane timing.
+// paneFn merges a firing's partials of one device into its Aggregates, one
+// per metric, completed with the window and pane timing.
 type paneFn struct {
 	onTime beam.Counter
 	late   beam.Counter
@@ -166,28 +166,25 @@ func (fn *paneFn) Setup() {
 	fn.late = beam.NewCounter("iotpipe.aggregate", "panes_late")
 }
 
-func (fn *paneFn) ProcessElement(ctx context.Context, pn beam.PaneInfo, w beam.Window, key string, partials func(*Accumulator) bool) (schemas.Aggregate, error) {
-	device, metric, ok := splitKey(key)
-	if !ok {
-		return schemas.Aggregate{}, fmt.Errorf("aggregate: malformed group key %q", key)
-	}
+func (fn *paneFn) ProcessElement(ctx context.Context, pn beam.PaneInfo, w beam.Window, device string, partials func(*Partial) bool, emit func(schemas.Aggregate)) error {
 	iw, ok := w.(window.IntervalWindow)
 	if !ok {
-		return schemas.Aggregate{}, fmt.Errorf("aggregate: %s/%s is in window %v (%T); want a fixed window", device, metric, w, w)
+		return fmt.Errorf("aggregate: device %s is in window %v (%T); want a fixed window", device, w, w)
 	}
-	var total, p Accumulator
+	var total, p Partial
 	for partials(&p) {
 		total.Merge(p)
-		p = Accumulator{}
+		p = Partial{}
 	}
-	agg := total.Result()
-	agg.DeviceID, agg.Metric = device, metric
-	agg.WindowStart, agg.WindowEnd = mtime.Time(iw.Start).Milliseconds(), mtime.Time(iw.End).Milliseconds()
-	agg.Late = pn.Timing == typex.PaneLate
-	if agg.Late {
-		fn.late.Inc(ctx, 1)
+	late := pn.Timing == typex.PaneLate
+	for _, agg := range total.appendAggregates(nil, device, mtime.Time(iw.Start).Milliseconds(), mtime.Time(iw.End).Milliseconds()) {
+		agg.Late = late
+		emit(agg)
+	}
+	if late {
+		fn.late.Inc(ctx, int64(len(total.Metrics)))
 	} else {
-		fn.onTime.Inc(ctx, 1)
+		fn.onTime.Inc(ctx, int64(len(total.Metrics)))
 	}
-	return agg, nil
+	return nil
 }

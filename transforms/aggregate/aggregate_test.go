@@ -2,6 +2,7 @@ package aggregate
 
 import (
 	"fmt"
+	"reflect"
 	"slices"
 	"testing"
 	"time"
@@ -392,22 +393,33 @@ func TestAccumulator(t *testing.T) {
 	}
 }
 
-func TestGroupKeyRoundTrip(t *testing.T) {
-	for _, tt := range []struct{ device, metric string }{
-		{"d1", "temperature"}, {"a/b", "c/d"}, {"", "x"}, {"x", ""}, {"12/3", "4"}, {"dév", "ünï"},
-	} {
-		d, m, ok := splitKey(groupKey(tt.device, tt.metric))
-		if !ok || d != tt.device || m != tt.metric {
-			t.Errorf("splitKey(groupKey(%q, %q)) = %q, %q, %t", tt.device, tt.metric, d, m, ok)
-		}
+// Partials of one device and window with different metrics merge metric
+// by metric, a reading both saw counting once, in either order.
+func TestPartialMerge(t *testing.T) {
+	var x, y Partial
+	x.Add(ev("d1", 1*sec, 1, map[string]float64{"temperature": 1, "humidity": 50}))
+	x.Add(ev("d1", 2*sec, 2, temp(2)))
+	y.Add(ev("d1", 2*sec, 2, temp(2)))
+	y.Add(ev("d1", 3*sec, 3, map[string]float64{"battery": 3.1, "temperature": 3}))
+	xy, yx := Partial{}, Partial{}
+	xy.Merge(x)
+	xy.Merge(y)
+	yx.Merge(y)
+	yx.Merge(x)
+	var got []string
+	for _, a := range xy.appendAggregates(nil, "d1", w0, w0+minute) {
+		got = append(got, aggSummary(a))
 	}
-	if groupKey("a", "bc") == groupKey("ab", "c") {
-		t.Error("groupKey is not injective")
+	want := []string{
+		"d1/battery [+0,+60) n=1 min=3.1 max=3.1 sum=3.1 mean=3.1 last=3.1@+3 late=false buffered=false",
+		"d1/humidity [+0,+60) n=1 min=50 max=50 sum=50 mean=50 last=50@+1 late=false buffered=false",
+		"d1/temperature [+0,+60) n=3 min=1 max=3 sum=6 mean=2 last=3@+3 late=false buffered=false",
 	}
-	for _, bad := range []string{"", "x", "5/abc", "-1/abc", "a/b"} {
-		if _, _, ok := splitKey(bad); ok {
-			t.Errorf("splitKey(%q) accepted a malformed key", bad)
-		}
+	if !reflect.DeepEqual(got, want) {
+		t.Errorf("merged =\n%q\nwant\n%q", got, want)
+	}
+	if !reflect.DeepEqual(xy, yx) {
+		t.Errorf("merge order matters: %+v against %+v", xy, yx)
 	}
 }
 
@@ -465,7 +477,7 @@ func BenchmarkSummaryAdd(b *testing.B) {
 	for i := 0; i < b.N; i++ {
 		e := schemas.Event{DeviceID: ids[i%devices], TS: w0 + int64(i/devices)*sec, Seq: int64(i / devices), Metrics: metrics}
 		if w := windowStart(e.TS, minute); w != lastWindow {
-			clear(sum.accs)
+			clear(sum.partials)
 			lastWindow = w
 		}
 		sum.Add(e)

@@ -5,8 +5,6 @@ import (
 	"math"
 	"slices"
 	"sort"
-	"strconv"
-	"strings"
 	"time"
 
 	"github.com/iotpipe/iotpipe/schemas"
@@ -124,25 +122,6 @@ func (a Accumulator) Result() schemas.Aggregate {
 	return out
 }
 
-// groupKey is the combine key of a device's metric. The length prefix makes
-// it injective whatever characters the two names hold.
-func groupKey(device, metric string) string {
-	return strconv.Itoa(len(device)) + "/" + device + metric
-}
-
-// splitKey reverses groupKey.
-func splitKey(k string) (device, metric string, ok bool) {
-	n, rest, ok := strings.Cut(k, "/")
-	if !ok {
-		return "", "", false
-	}
-	l, err := strconv.Atoi(n)
-	if err != nil || l < 0 || l > len(rest) {
-		return "", "", false
-	}
-	return rest[:l], rest[l:], true
-}
-
 // windowStart is the start of the fixed window of length size (ms, > 0)
 // holding ts, aligned to the Unix epoch as Beam's FixedWindows are.
 func windowStart(ts, size int64) int64 {
@@ -153,48 +132,88 @@ func windowStart(ts, size int64) int64 {
 	return ts - r
 }
 
+// Partial is the running summaries of one device's metrics in one window:
+// the unit PerMinute groups, so a reading crosses the grouping once
+// whatever number of metrics it carries. Metrics is sorted, and Accs[i]
+// summarizes Metrics[i]. Its zero value is the empty partial; its fields
+// are exported for the coder.
+type Partial struct {
+	Metrics []string
+	Accs    []Accumulator
+}
+
+// Add folds every metric of e in.
+func (p *Partial) Add(e schemas.Event) {
+	for name, v := range e.Metrics {
+		p.acc(name).Add(Reading{TS: e.TS, Seq: e.Seq, Value: v, Buffered: e.Buffered})
+	}
+}
+
+// Merge folds another partial of the same device and window in.
+func (p *Partial) Merge(q Partial) {
+	for i, name := range q.Metrics {
+		p.acc(name).Merge(q.Accs[i])
+	}
+}
+
+// acc is the accumulator of metric name, added empty if p has none yet.
+func (p *Partial) acc(name string) *Accumulator {
+	i, found := slices.BinarySearch(p.Metrics, name)
+	if !found {
+		p.Metrics = slices.Insert(p.Metrics, i, name)
+		p.Accs = slices.Insert(p.Accs, i, Accumulator{})
+	}
+	return &p.Accs[i]
+}
+
+// appendAggregates appends p's aggregates, one per metric in name order,
+// with device and window filled in and no pane.
+func (p Partial) appendAggregates(out []schemas.Aggregate, device string, start, end int64) []schemas.Aggregate {
+	for i, metric := range p.Metrics {
+		agg := p.Accs[i].Result()
+		agg.DeviceID, agg.Metric = device, metric
+		agg.WindowStart, agg.WindowEnd = start, end
+		out = append(out, agg)
+	}
+	return out
+}
+
 // Summary folds events into per (device, metric, window) summaries without
 // Beam: the plain-Go core of PerMinute over bounded, on-time data, used as
 // the benchmark kernel and as the oracle in tests.
 type Summary struct {
-	size int64
-	accs map[summaryKey]*Accumulator
+	size     int64
+	partials map[summaryKey]*Partial
 }
 
 type summaryKey struct {
-	device, metric string
-	start          int64
+	device string
+	start  int64
 }
 
 // NewSummary returns an empty Summary with windows of length window
 // (whole milliseconds, > 0).
 func NewSummary(window time.Duration) *Summary {
-	return &Summary{size: window.Milliseconds(), accs: map[summaryKey]*Accumulator{}}
+	return &Summary{size: window.Milliseconds(), partials: map[summaryKey]*Partial{}}
 }
 
 // Add folds every metric of e into its window.
 func (s *Summary) Add(e schemas.Event) {
-	start := windowStart(e.TS, s.size)
-	for name, v := range e.Metrics {
-		k := summaryKey{e.DeviceID, name, start}
-		a := s.accs[k]
-		if a == nil {
-			a = &Accumulator{}
-			s.accs[k] = a
-		}
-		a.Add(Reading{TS: e.TS, Seq: e.Seq, Value: v, Buffered: e.Buffered})
+	k := summaryKey{e.DeviceID, windowStart(e.TS, s.size)}
+	p := s.partials[k]
+	if p == nil {
+		p = &Partial{}
+		s.partials[k] = p
 	}
+	p.Add(e)
 }
 
 // Aggregates returns one Aggregate per (device, metric, window), ordered by
 // device, metric and window start.
 func (s *Summary) Aggregates() []schemas.Aggregate {
-	out := make([]schemas.Aggregate, 0, len(s.accs))
-	for k, a := range s.accs {
-		agg := a.Result()
-		agg.DeviceID, agg.Metric = k.device, k.metric
-		agg.WindowStart, agg.WindowEnd = k.start, k.start+s.size
-		out = append(out, agg)
+	var out []schemas.Aggregate
+	for k, p := range s.partials {
+		out = p.appendAggregates(out, k.device, k.start, k.start+s.size)
 	}
 	sort.Slice(out, func(i, j int) bool {
 		a, b := out[i], out[j]
