@@ -14,8 +14,10 @@ import (
 // ~40 µs on the backfill (BenchmarkDecodePayload). Anything else, valid
 // JSON or not, gets ok false and is left to encoding/json, so errors and
 // rarer shapes read exactly as before (FuzzDecodePayload).
-func decodePayloadObject(data []byte) (obj map[string]any, ok bool) {
-	p := payloadParser{data: data}
+//
+// d, if not nil, lends the maps and remembers the keys (PayloadDecoder).
+func decodePayloadObject(data []byte, d *PayloadDecoder) (obj map[string]any, ok bool) {
+	p := payloadParser{data: data, dec: d}
 	p.space()
 	obj, ok = p.object(0)
 	if !ok {
@@ -30,6 +32,51 @@ const maxFastDepth = 4
 type payloadParser struct {
 	data []byte
 	i    int
+	dec  *PayloadDecoder
+}
+
+// newMap is an empty map, one of the decoder's if it has one to lend.
+func (p *payloadParser) newMap() map[string]any {
+	d := p.dec
+	if d == nil {
+		return make(map[string]any, 4)
+	}
+	if d.used < len(d.maps) {
+		m := d.maps[d.used]
+		d.used++
+		if len(m) <= maxKeptMapLen {
+			clear(m)
+			return m
+		}
+		m = make(map[string]any, 4) // leave a big one to the collector
+		d.maps[d.used-1] = m
+		return m
+	}
+	m := make(map[string]any, 4)
+	if len(d.maps) < maxKeptMaps {
+		d.maps = append(d.maps, m)
+		d.used++
+	}
+	return m
+}
+
+// key is an object key read by str as s, the decoder's copy if it has one.
+func (p *payloadParser) key(s []byte) string {
+	d := p.dec
+	if d == nil {
+		return string(s)
+	}
+	if k, ok := d.keys[string(s)]; ok { // no allocation to look up
+		return k
+	}
+	k := string(s)
+	if len(k) <= maxKeyLen && len(d.keys) < maxKeys {
+		if d.keys == nil {
+			d.keys = map[string]string{}
+		}
+		d.keys[k] = k
+	}
+	return k
 }
 
 func (p *payloadParser) space() {
@@ -56,13 +103,13 @@ func (p *payloadParser) object(depth int) (map[string]any, bool) {
 	if depth > maxFastDepth || !p.next('{') {
 		return nil, false
 	}
-	obj := make(map[string]any, 4)
+	obj := p.newMap()
 	if p.next('}') {
 		return obj, true
 	}
 	for {
 		p.space()
-		key, ok := p.str()
+		key, ok := p.str(true)
 		if !ok || !p.next(':') {
 			return nil, false
 		}
@@ -87,7 +134,7 @@ func (p *payloadParser) value(depth int) (any, bool) {
 	case c == '{':
 		return p.object(depth + 1)
 	case c == '"':
-		return p.str()
+		return p.str(false)
 	case c == '-' || c >= '0' && c <= '9':
 		return p.number()
 	default:
@@ -104,8 +151,9 @@ func (p *payloadParser) value(depth int) (any, bool) {
 	}
 }
 
-// str reads a string without escapes or control characters, in valid UTF-8.
-func (p *payloadParser) str() (string, bool) {
+// str reads a string without escapes or control characters, in valid UTF-8;
+// an object key if isKey.
+func (p *payloadParser) str(isKey bool) (string, bool) {
 	if p.i >= len(p.data) || p.data[p.i] != '"' {
 		return "", false
 	}
@@ -128,6 +176,9 @@ func (p *payloadParser) str() (string, bool) {
 				return "metrics", true
 			case "buffered":
 				return "buffered", true
+			}
+			if isKey {
+				return p.key(s), true
 			}
 			return string(s), true
 		case c == '\\' || c < 0x20:

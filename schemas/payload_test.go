@@ -93,7 +93,7 @@ func FuzzDecodePayload(f *testing.F) {
 	f.Fuzz(func(t *testing.T, data []byte) {
 		var want any
 		jsonErr := json.Unmarshal(data, &want)
-		if got, ok := decodePayloadObject(data); ok {
+		if got, ok := decodePayloadObject(data, nil); ok {
 			if jsonErr != nil {
 				t.Fatalf("decodePayloadObject read %q, which encoding/json refuses: %v", data, jsonErr)
 			}
@@ -101,8 +101,21 @@ func FuzzDecodePayload(f *testing.F) {
 				t.Fatalf("decodePayloadObject(%q) = %#v, encoding/json %#v", data, got, want)
 			}
 		}
-		if _, err := DecodePayload(data); jsonErr != nil && err == nil {
+		fresh, freshErr := DecodePayload(data)
+		if jsonErr != nil && freshErr == nil {
 			t.Fatalf("DecodePayload(%q) accepted what encoding/json refuses: %v", data, jsonErr)
+		}
+		// A decoder that read other payloads before reads this one as a
+		// fresh one does, and again after it.
+		var dec PayloadDecoder
+		for _, other := range payloadSamples {
+			dec.Decode([]byte(other))
+		}
+		for range 2 {
+			got, err := dec.Decode(data)
+			if (err == nil) != (freshErr == nil) || !reflect.DeepEqual(got, fresh) {
+				t.Fatalf("PayloadDecoder.Decode(%q) after others = %#v, %v; DecodePayload gives %#v, %v", data, got, err, fresh, freshErr)
+			}
 		}
 	})
 }
@@ -113,6 +126,15 @@ func BenchmarkDecodePayload(b *testing.B) {
 		b.ReportAllocs()
 		for b.Loop() {
 			if _, err := DecodePayload(data); err != nil {
+				b.Fatal(err)
+			}
+		}
+	})
+	b.Run("iotpipe-reused", func(b *testing.B) {
+		var dec PayloadDecoder
+		b.ReportAllocs()
+		for b.Loop() {
+			if _, err := dec.Decode(data); err != nil {
 				b.Fatal(err)
 			}
 		}

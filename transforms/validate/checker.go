@@ -3,6 +3,7 @@ package validate
 import (
 	"fmt"
 	"math"
+	"sync"
 	"time"
 
 	"github.com/iotpipe/iotpipe/schemas"
@@ -73,6 +74,7 @@ func (r *Rejection) Unwrap() error { return r.Err }
 type Checker struct {
 	registry               *schemas.SchemaRegistry
 	maxFutureMs, maxPastMs int64
+	decoders               sync.Pool // of *schemas.PayloadDecoder
 }
 
 // NewChecker compiles the telemetry schemas.
@@ -108,10 +110,16 @@ func (c *Checker) Check(m pubsubsource.Message) (schemas.Event, *Rejection) {
 		_, err := c.registry.Validate(class, nil) // says which classes exist
 		return schemas.Event{}, reject(ReasonUnknownClass, "", "device %q: %w", device, err)
 	}
-	doc, err := schemas.DecodePayload(m.Data)
+	dec, _ := c.decoders.Get().(*schemas.PayloadDecoder)
+	if dec == nil {
+		dec = new(schemas.PayloadDecoder)
+	}
+	doc, err := dec.Decode(m.Data)
 	if err != nil {
 		return schemas.Event{}, reject(ReasonMalformed, "", "device %q: %w", device, err)
 	}
+	// A rejection's error may hold parts of doc, so only a decoder whose
+	// payload passed goes back to be used again.
 	schemaID, err := c.registry.Validate(class, doc)
 	if err != nil {
 		return schemas.Event{}, reject(ReasonSchemaViolation, schemaID, "device %q of class %s: %w", device, class, err)
@@ -120,6 +128,7 @@ func (c *Checker) Check(m pubsubsource.Message) (schemas.Event, *Rejection) {
 	if err != nil {
 		return schemas.Event{}, reject(ReasonMalformed, schemaID, "%w", err)
 	}
+	c.decoders.Put(dec)
 	if m.PublishMillis > 0 {
 		if ahead := e.TS - m.PublishMillis; ahead > c.maxFutureMs {
 			return schemas.Event{}, reject(ReasonTSInFuture, schemaID, "device %q: ts %d is %s after the publish time %s; at most %s allowed",
