@@ -34,10 +34,32 @@ func MarshalArchive(id string, publishMillis int64, attrs map[string]string, dat
 	return json.Marshal(r)
 }
 
-// ParseArchive decodes an archive line.
+// ParseArchive decodes an archive line into its record and its payload:
+// the text of "data" or the bytes of "data_b64". The record's Data and
+// DataB64 are left empty; the payload is the bytes returned, the caller's
+// to keep.
 func ParseArchive(line []byte) (ArchiveRecord, []byte, error) {
-	r, ok := parseArchiveLine(line)
-	if !ok {
+	return (*ArchiveParser)(nil).Parse(line)
+}
+
+// ArchiveParser is ParseArchive for line after line: it keeps one copy of
+// each attribute key and value it reads, which repeat from one line to the
+// next across a fleet, where ParseArchive allocates them for every line.
+// A parser is for one goroutine at a time; its zero value is ready to use.
+type ArchiveParser struct {
+	strs map[string]string
+}
+
+// maxArchiveStrs and maxArchiveStrLen bound what an ArchiveParser keeps.
+const (
+	maxArchiveStrs   = 4096
+	maxArchiveStrLen = 64
+)
+
+// Parse is ParseArchive.
+func (ap *ArchiveParser) Parse(line []byte) (ArchiveRecord, []byte, error) {
+	r, data, fast := parseArchiveLine(line, ap)
+	if !fast {
 		r = ArchiveRecord{}
 		if err := json.Unmarshal(line, &r); err != nil {
 			return r, nil, fmt.Errorf("archive line is not a JSON record: %w", err)
@@ -49,15 +71,39 @@ func ParseArchive(line []byte) (ArchiveRecord, []byte, error) {
 	if r.PublishMillis <= 0 {
 		return r, nil, fmt.Errorf("archive record %s has no \"publish_ms\"", r.ID)
 	}
+	if fast {
+		return r, data, nil
+	}
 	switch {
 	case r.Data != nil && r.DataB64 != nil:
 		return r, nil, fmt.Errorf("archive record %s has both \"data\" and \"data_b64\"", r.ID)
 	case r.Data != nil:
-		return r, []byte(*r.Data), nil
+		data = []byte(*r.Data)
 	case r.DataB64 != nil:
-		return r, r.DataB64, nil
+		data = r.DataB64
+	default:
+		return r, nil, fmt.Errorf("archive record %s has no payload", r.ID)
 	}
-	return r, nil, fmt.Errorf("archive record %s has no payload", r.ID)
+	r.Data, r.DataB64 = nil, nil
+	return r, data, nil
+}
+
+// intern is s as a string, the parser's copy if it has one.
+func (ap *ArchiveParser) intern(s []byte) string {
+	if ap == nil {
+		return string(s)
+	}
+	if k, ok := ap.strs[string(s)]; ok { // no allocation to look up
+		return k
+	}
+	k := string(s)
+	if len(k) <= maxArchiveStrLen && len(ap.strs) < maxArchiveStrs {
+		if ap.strs == nil {
+			ap.strs = map[string]string{}
+		}
+		ap.strs[k] = k
+	}
+	return k
 }
 
 // parseArchiveLine reads a line exactly as MarshalArchive writes a text
@@ -67,46 +113,50 @@ func ParseArchive(line []byte) (ArchiveRecord, []byte, error) {
 // takes 3 µs and 23 allocations a line for it (BenchmarkParseArchive). Any
 // other line, valid JSON or not, gets ok false and is left to encoding/json,
 // whose result this one equals wherever it answers (FuzzParseArchive).
-func parseArchiveLine(line []byte) (r ArchiveRecord, ok bool) {
+func parseArchiveLine(line []byte, ap *ArchiveParser) (r ArchiveRecord, data []byte, ok bool) {
 	p := archiveParser{b: line}
 	if !p.literal(`{"id":`) {
-		return r, false
+		return r, nil, false
 	}
-	if r.ID, ok = p.str(); !ok {
-		return r, false
+	id, _, ok := p.bytes()
+	if !ok {
+		return r, nil, false
 	}
+	r.ID = string(id)
 	if !p.literal(`,"publish_ms":`) {
-		return r, false
+		return r, nil, false
 	}
 	if r.PublishMillis, ok = p.uint(); !ok {
-		return r, false
+		return r, nil, false
 	}
 	if p.literal(`,"attributes":{`) {
 		r.Attributes = map[string]string{}
 		for first := true; !p.literal("}"); first = false {
 			if !first && !p.literal(",") {
-				return r, false
+				return r, nil, false
 			}
-			k, ok := p.str()
+			k, _, ok := p.bytes()
 			if !ok || !p.literal(":") {
-				return r, false
+				return r, nil, false
 			}
-			v, ok := p.str()
+			v, _, ok := p.bytes()
 			if !ok {
-				return r, false
+				return r, nil, false
 			}
-			r.Attributes[k] = v
+			r.Attributes[ap.intern(k)] = ap.intern(v)
 		}
 	}
 	if !p.literal(`,"data":`) {
-		return r, false
+		return r, nil, false
 	}
-	data, ok := p.str()
+	data, inLine, ok := p.bytes()
 	if !ok || !p.literal("}") || len(p.b) != 0 {
-		return r, false
+		return r, nil, false
 	}
-	r.Data = &data
-	return r, true
+	if inLine {
+		data = append([]byte{}, data...) // the caller keeps the payload, not the line
+	}
+	return r, data, true
 }
 
 // archiveParser consumes the front of b.
@@ -133,11 +183,12 @@ func (p *archiveParser) uint() (int64, bool) {
 	return n, true
 }
 
-// str reads a JSON string in valid UTF-8 whose escapes are the one-letter
-// ones (\u is left to encoding/json).
-func (p *archiveParser) str() (string, bool) {
+// bytes reads a JSON string in valid UTF-8 whose escapes are the one-letter
+// ones (\u is left to encoding/json): the bytes between the quotes, inLine,
+// if it has no escapes, else a new slice with the escapes undone.
+func (p *archiveParser) bytes() (s []byte, inLine, ok bool) {
 	if len(p.b) == 0 || p.b[0] != '"' {
-		return "", false
+		return nil, false, false
 	}
 	b := p.b[1:]
 	end := 0
@@ -145,19 +196,19 @@ func (p *archiveParser) str() (string, bool) {
 	for ; end < len(b) && b[end] != '"'; end++ {
 		switch c := b[end]; {
 		case c < 0x20:
-			return "", false
+			return nil, false, false
 		case c == '\\':
 			escaped = true
 			end++ // the escaped byte, checked below
 		}
 	}
 	if end >= len(b) || !utf8.Valid(b[:end]) {
-		return "", false
+		return nil, false, false
 	}
 	raw := b[:end]
 	p.b = b[end+1:]
 	if !escaped {
-		return string(raw), true
+		return raw, true, true
 	}
 	out := make([]byte, 0, len(raw))
 	for i := 0; i < len(raw); i++ {
@@ -181,8 +232,8 @@ func (p *archiveParser) str() (string, bool) {
 		case 't':
 			out = append(out, '\t')
 		default: // \u, or not an escape at all
-			return "", false
+			return nil, false, false
 		}
 	}
-	return string(out), true
+	return out, false, true
 }

@@ -47,13 +47,28 @@ func BenchmarkParseArchive(b *testing.B) {
 	if err != nil {
 		b.Fatal(err)
 	}
-	b.ReportAllocs()
-	for b.Loop() {
-		if _, _, err := ParseArchive(line); err != nil {
-			b.Fatal(err)
+	b.Run("once", func(b *testing.B) {
+		b.ReportAllocs()
+		for b.Loop() {
+			if _, _, err := ParseArchive(line); err != nil {
+				b.Fatal(err)
+			}
 		}
-	}
+	})
+	b.Run("parser", func(b *testing.B) {
+		var ap ArchiveParser
+		b.ReportAllocs()
+		for b.Loop() {
+			if _, _, err := ap.Parse(line); err != nil {
+				b.Fatal(err)
+			}
+		}
+	})
 }
+
+// archiveSamples are FuzzParseArchive's seed lines, which an ArchiveParser
+// reads before each input.
+var archiveSamples [][]byte
 
 // FuzzParseArchive: wherever the hand-written reader of archive lines
 // answers, encoding/json reads the same record from the line; and a record
@@ -74,14 +89,19 @@ func FuzzParseArchive(f *testing.F) {
 		if err != nil {
 			f.Fatal(err)
 		}
+		archiveSamples = append(archiveSamples, line)
+	}
+	for _, line := range archiveSamples {
 		f.Add(line)
 	}
 	f.Add([]byte(`{"id":"m","publish_ms":01,"data":"x"}`))
 	f.Add([]byte(`{"id":"m","publish_ms":1.5,"data":"x"}`))
 	f.Add([]byte(`{"id":"m","publish_ms":1,"attributes":{"a":"b",},"data":"x"}`))
 	f.Fuzz(func(t *testing.T, line []byte) {
-		got, ok := parseArchiveLine(line)
+		got, payload, ok := parseArchiveLine(line, nil)
 		if ok {
+			text := string(payload)
+			got.Data = &text
 			var want ArchiveRecord
 			if err := json.Unmarshal(line, &want); err != nil {
 				t.Fatalf("parseArchiveLine read %q, which encoding/json refuses: %v", line, err)
@@ -90,8 +110,17 @@ func FuzzParseArchive(f *testing.F) {
 				t.Fatalf("parseArchiveLine(%q) = %+v, encoding/json %+v", line, got, want)
 			}
 		}
-		// Whatever the line, a record written from what was read reads back the same.
+		// Whatever the line, a record written from what was read reads back the
+		// same; and a parser that read other lines before reads it as
+		// ParseArchive does.
 		r, data, err := ParseArchive(line)
+		var ap ArchiveParser
+		for _, other := range archiveSamples {
+			ap.Parse(other)
+		}
+		if r3, data3, err3 := ap.Parse(line); (err3 == nil) != (err == nil) || !reflect.DeepEqual(r3, r) || !bytes.Equal(data3, data) {
+			t.Fatalf("ArchiveParser.Parse(%q) after others = %+v %q (%v); ParseArchive gives %+v %q (%v)", line, r3, data3, err3, r, data, err)
+		}
 		if err != nil {
 			return
 		}

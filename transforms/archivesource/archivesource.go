@@ -146,6 +146,7 @@ type readFn struct {
 	bad    beam.Counter
 	buf    *bufio.Reader
 	line   []byte
+	parser schemas.ArchiveParser
 	files  map[string]filesystem.Interface
 	client *storage.Client
 }
@@ -205,7 +206,7 @@ func (fn *readFn) parse(ctx context.Context, line []byte, emit func(beam.EventTi
 	if len(line) == 0 {
 		return
 	}
-	r, data, err := schemas.ParseArchive(line)
+	r, data, err := fn.parser.Parse(line)
 	if err != nil {
 		fn.bad.Inc(ctx, 1)
 		// A bad line is named by its content, so a re-run dead-letters it
