@@ -102,6 +102,13 @@ var errEventTruncated = errors.New("truncated")
 // number of fields; the price is that any one string kept keeps that whole
 // copy, a few hundred bytes, alive.
 func DecodeEventBinary(data []byte) (Event, error) {
+	return DecodeEventBinaryString(string(data))
+}
+
+// DecodeEventBinaryString is DecodeEventBinary reading from a string, with
+// no copy: the event's strings are substrings of data, so the events of one
+// batch decoded from substrings of one string share its one copy.
+func DecodeEventBinaryString(data string) (Event, error) {
 	var e Event
 	if len(data) < 2 {
 		return Event{}, fmt.Errorf("decoding event: %d bytes: %w", len(data), errEventTruncated)
@@ -115,7 +122,7 @@ func DecodeEventBinary(data []byte) (Event, error) {
 	}
 	e.Buffered = flags&flagBuffered != 0
 	e.Enrichment.Known = flags&flagKnown != 0
-	d := eventDecoder{s: string(data), pos: 2}
+	d := eventDecoder{s: data, pos: 2}
 	for _, s := range eventStrings(&e) {
 		*s = d.str()
 	}

@@ -148,14 +148,15 @@ func decodeBatch(data []byte) (Batch, error) {
 		rest = rest[k+int(size):]
 	}
 	b := Batch{Events: make([]schemas.Event, n)}
+	whole := string(data) // one copy for the strings of all the events
 	for i := range b.Events {
 		size, k := binary.Uvarint(data)
-		e, err := schemas.DecodeEventBinary(data[k : k+int(size)])
+		e, err := schemas.DecodeEventBinaryString(whole[k : k+int(size)])
 		if err != nil {
 			return Batch{}, fmt.Errorf("dedupe: malformed batch: event %d of %d: %w", i+1, n, err)
 		}
 		b.Events[i] = e
-		data = data[k+int(size):]
+		data, whole = data[k+int(size):], whole[k+int(size):]
 	}
 	return b, nil
 }
@@ -296,7 +297,8 @@ func FilterShard(st *ShardSeen, batch []schemas.Event, horizonMillis int64) (kep
 		}
 		i, found := sort.Find(len(st.Devices), func(i int) int { return strings.Compare(device, st.Devices[i].Device) })
 		if !found {
-			st.Devices = slices.Insert(st.Devices, i, DeviceSeen{Device: device})
+			// A copy: the event's string may share memory with its whole batch.
+			st.Devices = slices.Insert(st.Devices, i, DeviceSeen{Device: strings.Clone(device)})
 		}
 		kept, repeats = filterInOrder(&st.Devices[i].Seen, batch, order[:n], horizonMillis, kept, repeats)
 		order = order[n:]
