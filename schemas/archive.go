@@ -47,14 +47,8 @@ func ParseArchive(line []byte) (ArchiveRecord, []byte, error) {
 // next across a fleet, where ParseArchive allocates them for every line.
 // A parser is for one goroutine at a time; its zero value is ready to use.
 type ArchiveParser struct {
-	strs map[string]string
+	strs internSet
 }
-
-// maxArchiveStrs and maxArchiveStrLen bound what an ArchiveParser keeps.
-const (
-	maxArchiveStrs   = 4096
-	maxArchiveStrLen = 64
-)
 
 // Parse is ParseArchive.
 func (ap *ArchiveParser) Parse(line []byte) (ArchiveRecord, []byte, error) {
@@ -88,24 +82,6 @@ func (ap *ArchiveParser) Parse(line []byte) (ArchiveRecord, []byte, error) {
 	return r, data, nil
 }
 
-// intern is s as a string, the parser's copy if it has one.
-func (ap *ArchiveParser) intern(s []byte) string {
-	if ap == nil {
-		return string(s)
-	}
-	if k, ok := ap.strs[string(s)]; ok { // no allocation to look up
-		return k
-	}
-	k := string(s)
-	if len(k) <= maxArchiveStrLen && len(ap.strs) < maxArchiveStrs {
-		if ap.strs == nil {
-			ap.strs = map[string]string{}
-		}
-		ap.strs[k] = k
-	}
-	return k
-}
-
 // parseArchiveLine reads a line exactly as MarshalArchive writes a text
 // payload: {"id":...,"publish_ms":...,"attributes":{...},"data":"..."}, in
 // that order, with no whitespace, strings without \u escapes and in valid
@@ -115,6 +91,10 @@ func (ap *ArchiveParser) intern(s []byte) string {
 // whose result this one equals wherever it answers (FuzzParseArchive).
 func parseArchiveLine(line []byte, ap *ArchiveParser) (r ArchiveRecord, data []byte, ok bool) {
 	p := archiveParser{b: line}
+	var strs *internSet
+	if ap != nil {
+		strs = &ap.strs
+	}
 	if !p.literal(`{"id":`) {
 		return r, nil, false
 	}
@@ -143,7 +123,7 @@ func parseArchiveLine(line []byte, ap *ArchiveParser) (r ArchiveRecord, data []b
 			if !ok {
 				return r, nil, false
 			}
-			r.Attributes[ap.intern(k)] = ap.intern(v)
+			r.Attributes[strs.get(k)] = strs.get(v)
 		}
 	}
 	if !p.literal(`,"data":`) {

@@ -32,7 +32,7 @@ func DecodePayload(data []byte) (map[string]any, error) {
 type PayloadDecoder struct {
 	maps []map[string]any // the maps of the last call, to fill again
 	used int              // how many of maps this call has handed out
-	keys map[string]string
+	keys internSet
 }
 
 const (
@@ -40,9 +40,6 @@ const (
 	// objects beyond the first few, and big ones, are left to the collector.
 	maxKeptMaps   = 8
 	maxKeptMapLen = 64
-	// maxKeys and maxKeyLen bound the keys it remembers.
-	maxKeys   = 1024
-	maxKeyLen = 64
 )
 
 // Decode is DecodePayload.

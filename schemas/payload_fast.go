@@ -62,21 +62,10 @@ func (p *payloadParser) newMap() map[string]any {
 
 // key is an object key read by str as s, the decoder's copy if it has one.
 func (p *payloadParser) key(s []byte) string {
-	d := p.dec
-	if d == nil {
+	if p.dec == nil {
 		return string(s)
 	}
-	if k, ok := d.keys[string(s)]; ok { // no allocation to look up
-		return k
-	}
-	k := string(s)
-	if len(k) <= maxKeyLen && len(d.keys) < maxKeys {
-		if d.keys == nil {
-			d.keys = map[string]string{}
-		}
-		d.keys[k] = k
-	}
-	return k
+	return p.dec.keys.get(s)
 }
 
 func (p *payloadParser) space() {
