@@ -3,6 +3,7 @@ package schemas
 import (
 	"encoding/json"
 	"fmt"
+	"slices"
 	"strconv"
 	"time"
 )
@@ -149,17 +150,21 @@ func TelemetryPrefix(device string) string { return device + "#" }
 
 // TelemetryRow lays out one event as its Bigtable row.
 func TelemetryRow(e Event) Row {
-	names := e.MetricNames()
-	cells := make([]Cell, 0, len(names)+6)
+	metrics := e.Metrics
+	if !metrics.sorted() {
+		metrics = slices.Clone(metrics)
+		metrics.sort()
+	}
+	cells := make([]Cell, 0, len(metrics)+6)
 	// The values share one buffer: a row is written once and never changed.
-	vals := make([]byte, 0, 24*len(names)+len(e.Registry)+len(e.Location)+len(e.SubFolder)+len(e.MessageID)+24)
+	vals := make([]byte, 0, 24*len(metrics)+len(e.Registry)+len(e.Location)+len(e.SubFolder)+len(e.MessageID)+24)
 	cell := func(family, col string, start int) {
 		cells = append(cells, Cell{family, col, e.TS, vals[start:len(vals):len(vals)]})
 	}
-	for _, name := range names {
+	for _, m := range metrics {
 		start := len(vals)
-		vals = strconv.AppendFloat(vals, e.Metrics[name], 'g', -1, 64)
-		cell(FamilyMetrics, name, start)
+		vals = strconv.AppendFloat(vals, m.Value, 'g', -1, 64)
+		cell(FamilyMetrics, m.Name, start)
 	}
 	env := func(col, v string) {
 		if v != "" {

@@ -6,7 +6,7 @@ import (
 )
 
 func TestTelemetryRowIsDeterministic(t *testing.T) {
-	e := Event{DeviceID: "d1", TS: 1700000000000, Seq: 7, Metrics: map[string]float64{"b": 0.1, "a": 21.5, "c": -3e-9}, MessageID: "m1", PublishMillis: 1700000000123}
+	e := Event{DeviceID: "d1", TS: 1700000000000, Seq: 7, Metrics: MetricsOf(map[string]float64{"b": 0.1, "a": 21.5, "c": -3e-9}), MessageID: "m1", PublishMillis: 1700000000123}
 	first := TelemetryRow(e)
 	if first.Key != "d1#1700000000000#7" {
 		t.Errorf("key = %q, want d1#1700000000000#7", first.Key)

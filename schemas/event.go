@@ -4,7 +4,8 @@
 package schemas
 
 import (
-	"sort"
+	"slices"
+	"strings"
 )
 
 // MaxTelemetryBytes is Cloud IoT Core's telemetry payload limit.
@@ -38,8 +39,8 @@ type Event struct {
 	// TS is the device's event time in Unix milliseconds.
 	TS  int64
 	Seq int64
-	// Metrics maps metric name to value. Sorted iteration is via MetricNames.
-	Metrics map[string]float64
+	// Metrics are the reading's values, sorted by name.
+	Metrics Metrics
 	// Buffered is true for readings an edge agent replays from its buffer.
 	Buffered bool
 	// PublishMillis is when Pub/Sub accepted the message (Unix ms).
@@ -59,13 +60,51 @@ type Event struct {
 	AckID string
 }
 
-// MetricNames returns the event's metric names in sorted order, so every
-// writer produces the same cells in the same order.
-func (e Event) MetricNames() []string {
-	names := make([]string, 0, len(e.Metrics))
-	for k := range e.Metrics {
-		names = append(names, k)
+// Metric is one named value of a reading.
+type Metric struct {
+	Name  string
+	Value float64
+}
+
+// Metrics are a reading's values, sorted by name, each name once: every
+// writer produces the same cells in the same order, and a reading's handful
+// of values cost one allocation, where a map cost several.
+type Metrics []Metric
+
+// MetricsOf returns m as Metrics (nil for a nil map).
+func MetricsOf(m map[string]float64) Metrics {
+	if m == nil {
+		return nil
 	}
-	sort.Strings(names)
-	return names
+	ms := make(Metrics, 0, len(m))
+	for name, v := range m {
+		ms = append(ms, Metric{name, v})
+	}
+	ms.sort()
+	return ms
+}
+
+// Get returns the value of the metric called name.
+func (ms Metrics) Get(name string) (float64, bool) {
+	for _, m := range ms {
+		if m.Name == name {
+			return m.Value, true
+		}
+	}
+	return 0, false
+}
+
+// sort puts ms in name order.
+func (ms Metrics) sort() {
+	slices.SortFunc(ms, func(a, b Metric) int { return strings.Compare(a.Name, b.Name) })
+}
+
+// sorted reports whether ms is in strict name order.
+func (ms Metrics) sorted() bool {
+	for i := 1; i < len(ms); i++ {
+		if ms[i-1].Name >= ms[i].Name {
+			return false
+		}
+	}
+	return true
 }

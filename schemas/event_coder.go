@@ -50,15 +50,14 @@ func AppendEventBinary(b []byte, e Event) []byte {
 	for _, s := range strs {
 		size += varintSize(uint64(len(*s))) + len(*s)
 	}
-	// Sorting needs the names in a slice; a reading has a handful of
-	// metrics, so the common case stays on the stack.
-	var small [8]string
-	names := small[:0]
-	for name := range e.Metrics {
-		names = append(names, name)
-		size += varintSize(uint64(len(name))) + len(name) + 8
+	metrics := e.Metrics
+	if !metrics.sorted() { // built by hand, not by EventFromPayload
+		metrics = slices.Clone(metrics)
+		metrics.sort()
 	}
-	slices.Sort(names)
+	for _, m := range metrics {
+		size += varintSize(uint64(len(m.Name))) + len(m.Name) + 8
+	}
 	b = slices.Grow(b, size)
 
 	var flags byte
@@ -79,11 +78,11 @@ func AppendEventBinary(b []byte, e Event) []byte {
 	b = binary.AppendVarint(b, e.TS)
 	b = binary.AppendVarint(b, e.Seq)
 	b = binary.AppendVarint(b, e.PublishMillis)
-	b = binary.AppendUvarint(b, uint64(len(names)))
-	for _, name := range names {
-		b = binary.AppendUvarint(b, uint64(len(name)))
-		b = append(b, name...)
-		b = binary.LittleEndian.AppendUint64(b, math.Float64bits(e.Metrics[name]))
+	b = binary.AppendUvarint(b, uint64(len(metrics)))
+	for _, m := range metrics {
+		b = binary.AppendUvarint(b, uint64(len(m.Name)))
+		b = append(b, m.Name...)
+		b = binary.LittleEndian.AppendUint64(b, math.Float64bits(m.Value))
 	}
 	return b
 }
@@ -98,7 +97,7 @@ var errEventTruncated = errors.New("truncated")
 
 // DecodeEventBinary reads an event written by AppendEventBinary; data must
 // hold exactly one. The event's strings share one copy of data, so decoding
-// costs two allocations (that copy and the metrics map) whatever the
+// costs two allocations (that copy and the metrics) whatever the
 // number of fields; the price is that any one string kept keeps that whole
 // copy, a few hundred bytes, alive.
 func DecodeEventBinary(data []byte) (Event, error) {
@@ -133,15 +132,17 @@ func DecodeEventBinaryString(data string) (Event, error) {
 	}
 	if d.err == nil && (n > 0 || flags&flagMetrics != 0) {
 		if flags&flagMetrics == 0 {
-			return Event{}, fmt.Errorf("decoding event: %d metrics in an event without a metrics map", n)
+			return Event{}, fmt.Errorf("decoding event: %d metrics in an event without metrics", n)
 		}
-		e.Metrics = make(map[string]float64, n)
-		for i := uint64(0); i < n && d.err == nil; i++ {
-			name := d.str()
-			e.Metrics[name] = math.Float64frombits(d.uint64())
+		e.Metrics = make(Metrics, n)
+		for i := range e.Metrics {
+			if d.err != nil {
+				break
+			}
+			e.Metrics[i] = Metric{d.str(), math.Float64frombits(d.uint64())}
 		}
-		if d.err == nil && uint64(len(e.Metrics)) != n {
-			return Event{}, errors.New("decoding event: a metric name repeats")
+		if d.err == nil && !e.Metrics.sorted() {
+			return Event{}, errors.New("decoding event: metric names repeat or are out of order")
 		}
 	}
 	if d.err == nil && d.pos != len(d.s) {

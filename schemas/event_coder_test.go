@@ -17,9 +17,11 @@ func sameEvent(a, b Event) bool {
 	if !reflect.DeepEqual(a, b) || (am == nil) != (bm == nil) || len(am) != len(bm) {
 		return false
 	}
-	for k, v := range am {
-		w, ok := bm[k]
-		if !ok || math.Float64bits(v) != math.Float64bits(w) {
+	am, bm = slices.Clone(am), slices.Clone(bm)
+	am.sort()
+	bm.sort()
+	for i := range am {
+		if am[i].Name != bm[i].Name || math.Float64bits(am[i].Value) != math.Float64bits(bm[i].Value) {
 			return false
 		}
 	}
@@ -29,7 +31,7 @@ func sameEvent(a, b Event) bool {
 func TestEventBinaryRoundTrip(t *testing.T) {
 	full := Event{
 		DeviceID: "dev-0001", Registry: "reg", Location: "europe-west1", Project: "proj", SubFolder: "sf/x",
-		MessageID: "m-1", TS: 1_700_000_000_000, Seq: 42, Metrics: map[string]float64{"temperature": 21.5, "humidity": 40},
+		MessageID: "m-1", TS: 1_700_000_000_000, Seq: 42, Metrics: MetricsOf(map[string]float64{"temperature": 21.5, "humidity": 40}),
 		Buffered: true, PublishMillis: 1_700_000_000_123, DeviceClass: "thermostat", SchemaID: "iotpipe:telemetry/thermostat/1.1",
 		Enrichment: Enrichment{Known: true, Site: "site", Location: "hall", Owner: "ops"}, AckID: "ack-1",
 	}
@@ -44,15 +46,16 @@ func TestEventBinaryRoundTrip(t *testing.T) {
 		{"zero", Event{}},
 		{"full", full},
 		{"nil metrics", Event{DeviceID: "d", Metrics: nil}},
-		{"empty metrics", Event{DeviceID: "d", Metrics: map[string]float64{}}},
-		{"empty metric name", Event{Metrics: map[string]float64{"": 1}}},
+		{"empty metrics", Event{DeviceID: "d", Metrics: MetricsOf(map[string]float64{})}},
+		{"empty metric name", Event{Metrics: MetricsOf(map[string]float64{"": 1})}},
 		{"big numbers", Event{TS: math.MaxInt64, Seq: math.MaxInt64, PublishMillis: math.MinInt64}},
 		{"negative numbers", Event{TS: -1, Seq: -(1 << 53), PublishMillis: -1}},
-		{"special floats", Event{Metrics: map[string]float64{
+		{"special floats", Event{Metrics: MetricsOf(map[string]float64{
 			"nan": math.NaN(), "nan payload": math.Float64frombits(0x7ff8_dead_beef_0001), "+inf": math.Inf(1), "-inf": math.Inf(-1),
 			"-0": math.Copysign(0, -1), "max": math.MaxFloat64, "tiny": 5e-324,
-		}}},
-		{"many metrics", Event{Metrics: many}},
+		})}},
+		{"many metrics", Event{Metrics: MetricsOf(many)}},
+		{"metrics built out of order", Event{Metrics: Metrics{{"b", 2}, {"a", 1}}}},
 		{"unicode and binary strings", Event{DeviceID: "dév-ü", AckID: "\x00\xff", Enrichment: Enrichment{Owner: strings.Repeat("o", 300)}}},
 	}
 	for _, tt := range tests {
@@ -100,8 +103,8 @@ func TestEventBinaryCoversEveryField(t *testing.T) {
 				target.SetInt(-7)
 			case reflect.Bool:
 				target.SetBool(true)
-			case reflect.Map:
-				target.Set(reflect.ValueOf(map[string]float64{"m": 1}))
+			case reflect.Slice:
+				target.Set(reflect.ValueOf(Metrics{{"m", 1}}))
 			default:
 				t.Errorf("field %s%s is a %v: teach AppendEventBinary and this test about it", path, f.Name, target.Kind())
 				continue
@@ -116,7 +119,7 @@ func TestEventBinaryCoversEveryField(t *testing.T) {
 }
 
 func TestDecodeEventBinaryRefusesDamage(t *testing.T) {
-	good := AppendEventBinary(nil, Event{DeviceID: "d", TS: 1, Metrics: map[string]float64{"a": 1, "b": 2}})
+	good := AppendEventBinary(nil, Event{DeviceID: "d", TS: 1, Metrics: MetricsOf(map[string]float64{"a": 1, "b": 2})})
 	for n := range len(good) {
 		if _, err := DecodeEventBinary(good[:n]); err == nil {
 			t.Errorf("decoded the first %d of %d bytes", n, len(good))
@@ -138,13 +141,19 @@ func TestDecodeEventBinaryRefusesDamage(t *testing.T) {
 			b := bytes.Clone(good)
 			b[1] &^= flagMetrics
 			return b
-		}(), "without a metrics map"},
+		}(), "without metrics"},
 		{"repeated metric", func() []byte {
-			b := AppendEventBinary(nil, Event{Metrics: map[string]float64{"a": 1, "b": 2}})
+			b := AppendEventBinary(nil, Event{Metrics: MetricsOf(map[string]float64{"a": 1, "b": 2})})
 			i := bytes.LastIndexByte(b, 'b')
 			b[i] = 'a'
 			return b
-		}(), "repeats"},
+		}(), "repeat"},
+		{"metrics out of order", func() []byte {
+			b := AppendEventBinary(nil, Event{Metrics: MetricsOf(map[string]float64{"a": 1, "b": 2})})
+			i, j := bytes.LastIndexByte(b, 'a'), bytes.LastIndexByte(b, 'b')
+			b[i], b[j] = 'b', 'a'
+			return b
+		}(), "out of order"},
 		{"varint overflow", append(append([]byte{1, 0}, bytes.Repeat([]byte{0xff}, 10)...), 0x7f), "overflows"},
 	}
 	for _, tt := range tests {
@@ -161,7 +170,7 @@ func TestDecodeEventBinaryRefusesDamage(t *testing.T) {
 // encodes to a form that decodes to the same event.
 func FuzzDecodeEventBinary(f *testing.F) {
 	f.Add(AppendEventBinary(nil, Event{}))
-	f.Add(AppendEventBinary(nil, Event{DeviceID: "d", TS: 1, Seq: -1, Metrics: map[string]float64{"a": math.NaN(), "": 0}, Enrichment: Enrichment{Known: true}}))
+	f.Add(AppendEventBinary(nil, Event{DeviceID: "d", TS: 1, Seq: -1, Metrics: MetricsOf(map[string]float64{"a": math.NaN(), "": 0}), Enrichment: Enrichment{Known: true}}))
 	f.Fuzz(func(t *testing.T, data []byte) {
 		e, err := DecodeEventBinary(data)
 		if err != nil {
@@ -177,7 +186,7 @@ func FuzzDecodeEventBinary(f *testing.F) {
 func BenchmarkEventBinary(b *testing.B) {
 	e := Event{
 		DeviceID: "dev-0001", Registry: "r", Location: "l", Project: "p", MessageID: "m123456",
-		TS: 1_700_000_000_000, Seq: 123456, Metrics: map[string]float64{"temperature": 21.5, "humidity": 40, "battery": 3.05},
+		TS: 1_700_000_000_000, Seq: 123456, Metrics: MetricsOf(map[string]float64{"temperature": 21.5, "humidity": 40, "battery": 3.05}),
 		PublishMillis: 1_700_000_000_123, DeviceClass: "generic", SchemaID: "iotpipe:telemetry/generic/1.0",
 	}
 	data := AppendEventBinary(nil, e)

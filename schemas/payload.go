@@ -100,7 +100,7 @@ func EventFromPayload(doc map[string]any, attrs map[string]string) (Event, error
 	if !ok || len(raw) == 0 {
 		return Event{}, fmt.Errorf("payload of device %q has no metrics object with at least one metric", device)
 	}
-	metrics := make(map[string]float64, len(raw))
+	metrics := make(Metrics, 0, len(raw))
 	for name, v := range raw {
 		f, ok := v.(float64)
 		switch {
@@ -111,8 +111,9 @@ func EventFromPayload(doc map[string]any, attrs map[string]string) (Event, error
 		case math.IsNaN(f) || math.IsInf(f, 0):
 			return Event{}, fmt.Errorf("payload of device %q: metric %q is not finite", device, name)
 		}
-		metrics[name] = f
+		metrics = append(metrics, Metric{name, f})
 	}
+	metrics.sort()
 	buffered := false
 	if b, present := doc["buffered"]; present {
 		if buffered, ok = b.(bool); !ok {

@@ -17,11 +17,11 @@ func TestEventFromPayload(t *testing.T) {
 		wantErr string
 	}{
 		{name: "good", data: `{"ts":1700000000000,"seq":1,"metrics":{"temperature":21.5}}`, attrs: attrs,
-			want: Event{DeviceID: "d1", Registry: "r", Location: "l", Project: "p", SubFolder: "x", TS: 1700000000000, Seq: 1, Metrics: map[string]float64{"temperature": 21.5}}},
+			want: Event{DeviceID: "d1", Registry: "r", Location: "l", Project: "p", SubFolder: "x", TS: 1700000000000, Seq: 1, Metrics: MetricsOf(map[string]float64{"temperature": 21.5})}},
 		{name: "buffered", data: `{"ts":1700000000000,"seq":2,"metrics":{"t":1},"buffered":true}`, attrs: attrs,
-			want: Event{DeviceID: "d1", Registry: "r", Location: "l", Project: "p", SubFolder: "x", TS: 1700000000000, Seq: 2, Metrics: map[string]float64{"t": 1}, Buffered: true}},
+			want: Event{DeviceID: "d1", Registry: "r", Location: "l", Project: "p", SubFolder: "x", TS: 1700000000000, Seq: 2, Metrics: MetricsOf(map[string]float64{"t": 1}), Buffered: true}},
 		{name: "largest exact seq", data: `{"ts":1700000000000,"seq":9007199254740991,"metrics":{"t":1}}`, attrs: attrs,
-			want: Event{DeviceID: "d1", Registry: "r", Location: "l", Project: "p", SubFolder: "x", TS: 1700000000000, Seq: 9007199254740991, Metrics: map[string]float64{"t": 1}}},
+			want: Event{DeviceID: "d1", Registry: "r", Location: "l", Project: "p", SubFolder: "x", TS: 1700000000000, Seq: 9007199254740991, Metrics: MetricsOf(map[string]float64{"t": 1})}},
 		{name: "not json", data: `hello`, attrs: attrs, wantErr: "payload is not JSON"},
 		{name: "array", data: `[1,2]`, attrs: attrs, wantErr: "payload is a JSON array, not an object"},
 		{name: "null", data: `null`, attrs: attrs, wantErr: "payload is a JSON null, not an object"},

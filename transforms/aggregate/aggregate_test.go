@@ -45,7 +45,7 @@ func aggSummary(a schemas.Aggregate) string {
 }
 
 func ev(device string, at, seq int64, metrics map[string]float64) schemas.Event {
-	return schemas.Event{DeviceID: device, TS: w0 + at, Seq: seq, Metrics: metrics, PublishMillis: w0 + at + 500}
+	return schemas.Event{DeviceID: device, TS: w0 + at, Seq: seq, Metrics: schemas.MetricsOf(metrics), PublishMillis: w0 + at + 500}
 }
 
 func temp(v float64) map[string]float64 { return map[string]float64{"temperature": v} }
@@ -475,7 +475,7 @@ func BenchmarkSummaryAdd(b *testing.B) {
 	b.ReportAllocs()
 	b.ResetTimer()
 	for i := 0; i < b.N; i++ {
-		e := schemas.Event{DeviceID: ids[i%devices], TS: w0 + int64(i/devices)*sec, Seq: int64(i / devices), Metrics: metrics}
+		e := schemas.Event{DeviceID: ids[i%devices], TS: w0 + int64(i/devices)*sec, Seq: int64(i / devices), Metrics: schemas.MetricsOf(metrics)}
 		if w := windowStart(e.TS, minute); w != lastWindow {
 			clear(sum.partials)
 			lastWindow = w

@@ -144,8 +144,8 @@ type Partial struct {
 
 // Add folds every metric of e in.
 func (p *Partial) Add(e schemas.Event) {
-	for name, v := range e.Metrics {
-		p.acc(name).Add(Reading{TS: e.TS, Seq: e.Seq, Value: v, Buffered: e.Buffered})
+	for _, m := range e.Metrics {
+		p.acc(m.Name).Add(Reading{TS: e.TS, Seq: e.Seq, Value: m.Value, Buffered: e.Buffered})
 	}
 }
 

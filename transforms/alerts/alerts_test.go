@@ -44,7 +44,7 @@ func refs() []schemas.Reference {
 
 // reading is a real-time event of device published 2 s after its event time.
 func reading(device string, seq int64, metrics map[string]float64) schemas.Event {
-	return schemas.Event{DeviceID: device, Seq: seq, TS: t0, PublishMillis: t0 + 2000, Metrics: metrics}
+	return schemas.Event{DeviceID: device, Seq: seq, TS: t0, PublishMillis: t0 + 2000, Metrics: schemas.MetricsOf(metrics)}
 }
 
 func TestCheck(t *testing.T) {

@@ -59,7 +59,7 @@ func (c Checker) Check(dst []schemas.Alert, e schemas.Event) ([]schemas.Alert, s
 	}
 	first := len(dst)
 	for metric, th := range ref.Thresholds {
-		v, ok := e.Metrics[metric]
+		v, ok := e.Metrics.Get(metric)
 		if !ok {
 			continue
 		}

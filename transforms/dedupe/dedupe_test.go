@@ -34,7 +34,7 @@ func stampPublishTime(e schemas.Event, emit func(beam.EventTime, schemas.Event))
 }
 
 func ev(device string, seq, ts, publish int64) schemas.Event {
-	return schemas.Event{DeviceID: device, Seq: seq, TS: ts, PublishMillis: publish, Metrics: map[string]float64{"t": float64(seq)}}
+	return schemas.Event{DeviceID: device, Seq: seq, TS: ts, PublishMillis: publish, Metrics: schemas.MetricsOf(map[string]float64{"t": float64(seq)})}
 }
 
 func TestDedupeBatch(t *testing.T) {

@@ -38,11 +38,11 @@ func testRefs() []schemas.Reference {
 func TestEnrichKnownAndUnknownDevices(t *testing.T) {
 	p, s := beam.NewPipelineWithRoot()
 	events := beam.Create(s,
-		schemas.Event{DeviceID: "d1", Seq: 1, TS: 1700000000000, Metrics: map[string]float64{"temperature": 21}},
+		schemas.Event{DeviceID: "d1", Seq: 1, TS: 1700000000000, Metrics: schemas.MetricsOf(map[string]float64{"temperature": 21})},
 		// The event's own class wins over the reference row's.
-		schemas.Event{DeviceID: "d2", Seq: 2, TS: 1700000000000, Metrics: map[string]float64{"wind": 3}, DeviceClass: "anemometer"},
-		schemas.Event{DeviceID: "ghost", Seq: 3, TS: 1700000000000, Metrics: map[string]float64{"t": 1}},
-		schemas.Event{DeviceID: "ghost", Seq: 4, TS: 1700000000000, Metrics: map[string]float64{"t": 1}, DeviceClass: "x"},
+		schemas.Event{DeviceID: "d2", Seq: 2, TS: 1700000000000, Metrics: schemas.MetricsOf(map[string]float64{"wind": 3}), DeviceClass: "anemometer"},
+		schemas.Event{DeviceID: "ghost", Seq: 3, TS: 1700000000000, Metrics: schemas.MetricsOf(map[string]float64{"t": 1})},
+		schemas.Event{DeviceID: "ghost", Seq: 4, TS: 1700000000000, Metrics: schemas.MetricsOf(map[string]float64{"t": 1}), DeviceClass: "x"},
 	)
 	refs := writeRefs(t, testRefs())
 	passert.Equals(s, beam.ParDo(s, enrichedSummary, Enrich(s, events, refs)),
@@ -73,8 +73,8 @@ func TestReferenceFromFile(t *testing.T) {
 	ctx := context.Background()
 	p, s := beam.NewPipelineWithRoot()
 	events := beam.Create(s,
-		schemas.Event{DeviceID: "d3", Seq: 1, TS: 1, Metrics: map[string]float64{"t": 1}},
-		schemas.Event{DeviceID: "d4", Seq: 2, TS: 1, Metrics: map[string]float64{"t": 1}},
+		schemas.Event{DeviceID: "d3", Seq: 1, TS: 1, Metrics: schemas.MetricsOf(map[string]float64{"t": 1})},
+		schemas.Event{DeviceID: "d4", Seq: 2, TS: 1, Metrics: schemas.MetricsOf(map[string]float64{"t": 1})},
 	)
 	passert.Equals(s, beam.ParDo(s, enrichedSummary, Enrich(s, events, full)),
 		"d3#1 known=true site=plant, with comma loc=x owner=z class=y",
@@ -95,7 +95,7 @@ func TestReferenceFromFile(t *testing.T) {
 
 func TestEnrichFailsOnDuplicateReferenceRows(t *testing.T) {
 	p, s := beam.NewPipelineWithRoot()
-	events := beam.Create(s, schemas.Event{DeviceID: "d1", Seq: 1, TS: 1, Metrics: map[string]float64{"t": 1}})
+	events := beam.Create(s, schemas.Event{DeviceID: "d1", Seq: 1, TS: 1, Metrics: schemas.MetricsOf(map[string]float64{"t": 1})})
 	refs := writeRefs(t, []schemas.Reference{{DeviceID: "d1"}, {DeviceID: "d1", Site: "other"}})
 	Enrich(s, events, refs)
 	if err := ptest.Run(p); err == nil {
@@ -150,7 +150,7 @@ func BenchmarkIndexJoin(b *testing.B) {
 		if i%8 == 0 {
 			id = fmt.Sprintf("ghost-%d", i)
 		}
-		events[i] = schemas.Event{DeviceID: id, TS: int64(i), Seq: int64(i), Metrics: map[string]float64{"temperature": 20}}
+		events[i] = schemas.Event{DeviceID: id, TS: int64(i), Seq: int64(i), Metrics: schemas.MetricsOf(map[string]float64{"temperature": 20})}
 	}
 	b.ReportAllocs()
 	b.ResetTimer()

@@ -208,9 +208,12 @@ func FuzzValidate(f *testing.F) {
 		if e.DeviceID != "d1" || e.SchemaID == "" || e.TS <= 0 || e.TS > schemas.MaxExactInteger || e.Seq < 0 || len(e.Metrics) == 0 {
 			t.Fatalf("accepted %q as an event that breaks the invariants: %+v", data, e)
 		}
-		for name, v := range e.Metrics {
-			if name == "" || math.IsNaN(v) || math.IsInf(v, 0) {
-				t.Fatalf("accepted %q with metric %q = %v", data, name, v)
+		for i, m := range e.Metrics {
+			if m.Name == "" || math.IsNaN(m.Value) || math.IsInf(m.Value, 0) {
+				t.Fatalf("accepted %q with metric %q = %v", data, m.Name, m.Value)
+			}
+			if i > 0 && e.Metrics[i-1].Name >= m.Name {
+				t.Fatalf("accepted %q with metrics out of order: %v", data, e.Metrics)
 			}
 		}
 		if publishMillis > 0 && e.TS-publishMillis > DefaultMaxFuture.Milliseconds() {

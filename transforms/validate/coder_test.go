@@ -42,12 +42,12 @@ func TestEventCoderIsRegistered(t *testing.T) {
 func TestEventCoderAcrossStages(t *testing.T) {
 	events := []any{
 		schemas.Event{},
-		schemas.Event{DeviceID: "d", Metrics: map[string]float64{}},
+		schemas.Event{DeviceID: "d", Metrics: schemas.MetricsOf(map[string]float64{})},
 		schemas.Event{DeviceID: "d", TS: math.MaxInt64, Seq: math.MinInt64, PublishMillis: -1,
-			Metrics: map[string]float64{"nan": math.NaN(), "inf": math.Inf(1), "-inf": math.Inf(-1), "": 0}},
+			Metrics: schemas.MetricsOf(map[string]float64{"nan": math.NaN(), "inf": math.Inf(1), "-inf": math.Inf(-1), "": 0})},
 		schemas.Event{DeviceID: "dév", Registry: "r", Location: "l", Project: "p", SubFolder: "s", MessageID: "m", AckID: "a",
 			DeviceClass: "thermostat", SchemaID: "iotpipe:telemetry/thermostat/1.1", Buffered: true, TS: 1, Seq: 2,
-			Metrics: map[string]float64{"temperature": 21.5}, Enrichment: schemas.Enrichment{Known: true, Site: "s", Location: "l", Owner: "o"}},
+			Metrics: schemas.MetricsOf(map[string]float64{"temperature": 21.5}), Enrichment: schemas.Enrichment{Known: true, Site: "s", Location: "l", Owner: "o"}},
 	}
 	var want []any
 	for _, e := range events {
@@ -64,7 +64,7 @@ func TestEventCoderAcrossStages(t *testing.T) {
 func BenchmarkEventCoder(b *testing.B) {
 	e := schemas.Event{
 		DeviceID: "dev-0001", Registry: "r", Location: "l", Project: "p", MessageID: "m123456",
-		TS: 1_700_000_000_000, Seq: 123456, Metrics: map[string]float64{"temperature": 21.5, "humidity": 40, "battery": 3.05},
+		TS: 1_700_000_000_000, Seq: 123456, Metrics: schemas.MetricsOf(map[string]float64{"temperature": 21.5, "humidity": 40, "battery": 3.05}),
 		PublishMillis: 1_700_000_000_123, DeviceClass: "generic", SchemaID: "iotpipe:telemetry/generic/1.0",
 	}
 	for _, c := range []struct {

@@ -108,9 +108,9 @@ func (fn *telemetryFn) StartBundle(_ context.Context, _ func(string)) { fn.b.res
 
 func (fn *telemetryFn) ProcessElement(ctx context.Context, e schemas.Event, _ func(string)) error {
 	ingest := time.Now().UTC()
-	for _, name := range e.MetricNames() {
+	for _, m := range e.Metrics {
 		err := fn.b.add(ctx, []any{
-			e.DeviceID, e.Seq, millis(e.TS), name, e.Metrics[name],
+			e.DeviceID, e.Seq, millis(e.TS), m.Name, m.Value,
 			optString(e.Registry), optString(e.Location), optString(e.SubFolder),
 			optString(e.MessageID), optMillis(e.PublishMillis), ingest, e.Buffered,
 			optString(e.DeviceClass), optString(e.SchemaID),

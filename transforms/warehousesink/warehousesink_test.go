@@ -61,12 +61,12 @@ func (fn *committedFn) ProcessElement(ctx context.Context, receipt string, emit 
 func testEvents() []schemas.Event {
 	return []schemas.Event{
 		{DeviceID: "dev-1", Registry: "reg", Location: "europe-west1", MessageID: "m1", AckID: "ack-m1",
-			TS: 1700000000000, Seq: 1, Metrics: map[string]float64{"temp": 21.5, "humidity": 40},
+			TS: 1700000000000, Seq: 1, Metrics: schemas.MetricsOf(map[string]float64{"temp": 21.5, "humidity": 40}),
 			PublishMillis: 1700000000100, DeviceClass: "thermostat", SchemaID: "iotpipe:telemetry/thermostat/1.1"},
 		{DeviceID: "dev-1", MessageID: "m2", AckID: "ack-m2", TS: 1700000001000, Seq: 2,
-			Metrics: map[string]float64{"temp": 21.75}, Buffered: true},
+			Metrics: schemas.MetricsOf(map[string]float64{"temp": 21.75}), Buffered: true},
 		// No receipt: the runner acknowledges by itself.
-		{DeviceID: "dev-2", MessageID: "m3", TS: 1700000002000, Seq: 1, Metrics: map[string]float64{"power": 3.5}},
+		{DeviceID: "dev-2", MessageID: "m3", TS: 1700000002000, Seq: 1, Metrics: schemas.MetricsOf(map[string]float64{"power": 3.5})},
 	}
 }
 
