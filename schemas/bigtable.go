@@ -3,7 +3,6 @@ package schemas
 import (
 	"encoding/json"
 	"fmt"
-	"slices"
 	"strconv"
 	"time"
 )
@@ -150,11 +149,7 @@ func TelemetryPrefix(device string) string { return device + "#" }
 
 // TelemetryRow lays out one event as its Bigtable row.
 func TelemetryRow(e Event) Row {
-	metrics := e.Metrics
-	if !metrics.sorted() {
-		metrics = slices.Clone(metrics)
-		metrics.sort()
-	}
+	metrics := e.Metrics.inOrder()
 	cells := make([]Cell, 0, len(metrics)+6)
 	// The values share one buffer: a row is written once and never changed.
 	vals := make([]byte, 0, 24*len(metrics)+len(e.Registry)+len(e.Location)+len(e.SubFolder)+len(e.MessageID)+24)

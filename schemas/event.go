@@ -99,6 +99,17 @@ func (ms Metrics) sort() {
 	slices.SortFunc(ms, func(a, b Metric) int { return strings.Compare(a.Name, b.Name) })
 }
 
+// inOrder is ms in name order: ms itself, as EventFromPayload and the
+// event coder build it, or a sorted copy of an event built out of order.
+func (ms Metrics) inOrder() Metrics {
+	if ms.sorted() {
+		return ms
+	}
+	ms = slices.Clone(ms)
+	ms.sort()
+	return ms
+}
+
 // sorted reports whether ms is in strict name order.
 func (ms Metrics) sorted() bool {
 	for i := 1; i < len(ms); i++ {

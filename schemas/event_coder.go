@@ -50,11 +50,7 @@ func AppendEventBinary(b []byte, e Event) []byte {
 	for _, s := range strs {
 		size += varintSize(uint64(len(*s))) + len(*s)
 	}
-	metrics := e.Metrics
-	if !metrics.sorted() { // built by hand, not by EventFromPayload
-		metrics = slices.Clone(metrics)
-		metrics.sort()
-	}
+	metrics := e.Metrics.inOrder()
 	for _, m := range metrics {
 		size += varintSize(uint64(len(m.Name))) + len(m.Name) + 8
 	}
