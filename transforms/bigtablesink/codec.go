@@ -54,7 +54,7 @@ func (c codec) Marshal(v any) (mem.BufferSlice, error) {
 
 func (c codec) Unmarshal(data mem.BufferSlice, v any) error { return c.proto.Unmarshal(data, v) }
 
-// The field numbers the encoder writes.
+// The field numbers the encoder knows.
 const (
 	reqTableName          = 1
 	reqEntries            = 2
@@ -62,6 +62,7 @@ const (
 	reqAuthorizedViewName = 5
 	entryRowKey           = 1
 	entryMutations        = 2
+	entryIdempotency      = 3 // not written: a request with one goes to gRPC's codec
 	mutationSetCell       = 1
 	setCellFamily         = 1
 	setCellColumn         = 2
@@ -74,7 +75,7 @@ const (
 // request to the proto codec). A client library with a field more turns
 // the encoder off rather than drop the field.
 var schemaKnown = fieldsAre((*btpb.MutateRowsRequest)(nil).ProtoReflect().Descriptor(), reqTableName, reqEntries, reqAppProfileID, reqAuthorizedViewName) &&
-	fieldsAre((*btpb.MutateRowsRequest_Entry)(nil).ProtoReflect().Descriptor(), entryRowKey, entryMutations, 3) &&
+	fieldsAre((*btpb.MutateRowsRequest_Entry)(nil).ProtoReflect().Descriptor(), entryRowKey, entryMutations, entryIdempotency) &&
 	fieldsAre((*btpb.Mutation_SetCell)(nil).ProtoReflect().Descriptor(), setCellFamily, setCellColumn, setCellTimestamp, setCellValue) &&
 	(*btpb.Mutation)(nil).ProtoReflect().Descriptor().Fields().ByNumber(mutationSetCell).Name() == "set_cell"
 
